@@ -66,7 +66,8 @@ def generate(out: Path) -> None:
 
 def differences(a: Path, b: Path) -> list[str]:
     def files(root: Path) -> set[str]:
-        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+        found = root.rglob("*")
+        return {str(p.relative_to(root)) for p in found if p.is_file() and "__pycache__" not in p.parts}
 
     fa, fb = files(a), files(b)
     diff = sorted(fa ^ fb)
