@@ -18,7 +18,10 @@ from vgpusim.qemu_frontend.core.memory import (
 
 def test_small_guest_has_two_regions_around_the_vga_hole() -> None:
     regions = ram_layout(256 * MIB)
-    assert regions == (Region(0, VGA_HOLE_START, 0), Region(VGA_HOLE_END, 256 * MIB - VGA_HOLE_END, VGA_HOLE_END))
+    assert regions == (
+        Region(0, VGA_HOLE_START, 0),
+        Region(VGA_HOLE_END, 256 * MIB - VGA_HOLE_END, VGA_HOLE_END),
+    )
 
 
 def test_large_guest_relocates_ram_above_4g() -> None:

@@ -163,7 +163,9 @@ class IrqController:
             elif index == IRQ_INTX:
                 selected = count > 0 and (data_type == DATA_NONE or (data_type == DATA_BOOL and data[0]))
                 if data_type == DATA_EVENTFD:
-                    raise InvalidArgument("INTx mask/unmask by eventfd is not supported", reason="BAD_IRQ_FLAGS")
+                    raise InvalidArgument(
+                        "INTx mask/unmask by eventfd is not supported", reason="BAD_IRQ_FLAGS"
+                    )
                 if selected and action == ACTION_MASK:
                     st.masked = True
                 elif selected and action == ACTION_UNMASK:
