@@ -1,1 +1,1 @@
-"""TODO docstring."""
+"""gfx_host: the host graphics driver (GVT-g-like device model, GTT shadow, audit, arbiter)."""
