@@ -1,0 +1,46 @@
+"""The ops Protocols: the behaviour every SegmentStore and UnmapListener implementation must have."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.iommu_type2.helpers import MIB, PAGE, add_device, mapping
+from vgpusim.common.errors import NotFound
+from vgpusim.iommu_type2.core import (
+    PROT_RW,
+    Container,
+    InMemorySegmentStore,
+    SegmentStore,
+    UnmapListener,
+)
+
+
+@pytest.fixture(params=["in-memory"])
+def any_store(request: pytest.FixtureRequest) -> SegmentStore:
+    """Every SegmentStore implementation of the core (the shm one is tested with common.shm)."""
+    store = InMemorySegmentStore()
+    store.create("seg", 2 * PAGE)
+    return store
+
+
+def test_store_behaviour(any_store: SegmentStore) -> None:
+    assert isinstance(any_store, SegmentStore)
+    view = any_store.view("seg")
+    assert (len(view), view.readonly, view.format) == (2 * PAGE, False, "B")
+    view[10:13] = b"abc"
+    assert bytes(any_store.view("seg")[10:13]) == b"abc"  # views share the bytes
+    with pytest.raises(NotFound) as error:
+        any_store.view("missing")
+    assert (error.value.reason, error.value.metadata["errno"]) == ("SEGMENT_MISSING", "ENOENT")
+
+
+async def test_listener_contract(ctr: Container) -> None:
+    """After ``notify_unmap`` returns the device holds no pins in the range (and only there)."""
+    ctr.map_dma(mapping(0, 2 * MIB))
+    listener = add_device(ctr)
+    assert isinstance(listener, UnmapListener)
+    ctr.pin_pages("vgpu0", 0, 4, PROT_RW)
+    ctr.pin_pages("vgpu0", MIB, 4, PROT_RW)
+    await listener.notify_unmap(0, MIB)
+    assert ctr.pinned_runs("vgpu0", 0, MIB) == ()
+    assert ctr.pinned_runs("vgpu0") == ((MIB, 4),)
