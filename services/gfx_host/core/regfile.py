@@ -42,6 +42,8 @@ _RING_WMASK = {
     r.RING_TAIL: (r.MAX_RING_SIZE - 1) & ~0x7,
     r.RING_SEQNO: 0,
     r.RING_STATUS: 0,
+    r.RING_HWS_LO: 0xFFFF_F000,
+    r.RING_HWS_HI: 0xFFFF_FFFF,
 }
 _COMMAND_REGS = frozenset({r.INT_ACK, r.GDRST})  # store nothing; their hook gets the written bits
 _PLANE_REGS = (
@@ -243,6 +245,7 @@ class RegisterFile:
             enabled=bool(g[b + r.RING_CTL] & r.RING_CTL_ENABLE),
             seqno=g[b + r.RING_SEQNO],
             hung=engine in self._hung,
+            hws=g[b + r.RING_HWS_LO] | g[b + r.RING_HWS_HI] << 32,
         )
 
     def _ring_status(self, engine: Engine) -> int:
@@ -254,6 +257,10 @@ class RegisterFile:
     def set_head(self, engine: Engine, head: int) -> None:
         """The GPU consumed the ring up to byte offset ``head``."""
         self._regs[r.ring_reg(engine, r.RING_HEAD)] = head & _RING_WMASK[r.RING_HEAD]
+
+    def set_seqno(self, engine: Engine, seqno: int) -> None:
+        """The GPU stored ``seqno`` (STORE_SEQNO) for ``engine``; no interrupt by itself."""
+        self._regs[r.ring_reg(engine, r.RING_SEQNO)] = seqno & 0xFFFF_FFFF
 
     def complete(self, engine: Engine, seqno: int) -> bool:
         """Work up to ``seqno`` completed on ``engine``; True if an MSI must be sent."""

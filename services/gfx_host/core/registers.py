@@ -60,6 +60,8 @@ RING_HEAD: Final = 0x10
 RING_TAIL: Final = 0x14
 RING_SEQNO: Final = 0x18
 RING_STATUS: Final = 0x1C
+RING_HWS_LO: Final = 0x20  # hardware status page (STORE_SEQNO target), graphics address
+RING_HWS_HI: Final = 0x24
 RING_CTL_ENABLE: Final = 1 << 0
 RING_STATUS_IDLE: Final = 1 << 0
 RING_STATUS_HUNG: Final = 1 << 1
@@ -206,6 +208,7 @@ class RingState:
     enabled: bool
     seqno: int
     hung: bool
+    hws: int = 0
 
 
 @dataclass(frozen=True, slots=True)

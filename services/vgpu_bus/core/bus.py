@@ -186,19 +186,21 @@ class DeviceBus:
         self._events.publish(EventKind.CREATED, parent=parent, uuid=uuid, type_id=type_id)
         return device.info()
 
-    async def remove_device(self, uuid: str) -> None:
+    async def remove_device(self, uuid: str, *, release_timeout: float | None = None) -> None:
         """Remove a device; if it is open, ask its owner to release and wait (kernel-mdev §1.3).
 
         ``INVALID_UUID``; ``UNKNOWN_DEVICE``; ``PARENT_REMOVED`` (ENODEV: unregistration removes
         it); ``DEVICE_BUSY`` (EAGAIN) while a create or remove of it runs; ``OWNER_DID_NOT_RELEASE``
-        (metadata ``owner``) after ``config.release_timeout``; a vendor error (the device stays).
+        (metadata ``owner``) after ``release_timeout`` seconds (default ``config.release_timeout``);
+        a vendor error (the device stays).
         """
         device = self._device(parse_uuid(uuid))
         if self._parents[device.parent].going_away:
             raise reasons.parent_removed(device.parent)
         if device.state in IN_FLIGHT or device.release_requested:
             raise reasons.device_busy(device.uuid, device.state.value, "a create or remove is in progress")
-        await self._remove(device, self.config.release_timeout, force=False)
+        timeout = self.config.release_timeout if release_timeout is None else release_timeout
+        await self._remove(device, timeout, force=False)
 
     async def open_device(self, uuid: str, owner: str) -> OpenedDevice:
         """Open a device for ``owner`` (one at a time); returns the vendor's open result unchanged.

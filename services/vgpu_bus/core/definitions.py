@@ -215,9 +215,12 @@ class Definitions:
         spec = self._start_spec(uuid, parent, type_id, attrs)
         return await self._bus.create_device(spec.uuid, spec.parent, spec.type_id, spec.attrs)
 
-    async def stop(self, uuid: str) -> None:
-        """Remove a running device (``mdevctl stop``); its definition, if any, stays."""
-        await self._bus.remove_device(uuid)
+    async def stop(self, uuid: str, *, release_timeout: float | None = None) -> None:
+        """Remove a running device (``mdevctl stop``); its definition, if any, stays.
+
+        An open device's owner gets ``release_timeout`` seconds (default: the bus's) to close it.
+        """
+        await self._bus.remove_device(uuid, release_timeout=release_timeout)
 
     async def autostart(self, parent: str) -> tuple[AutostartOutcome, ...]:
         """Start every ``auto`` definition of ``parent``, in UUID order; one outcome each.
