@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vgpusim.common.errors import AlreadyExists, InvalidArgument, NotFound
 
@@ -153,6 +153,12 @@ class Scheduler:
         if self._next == vgpu_id:
             self._next = None
         del self._runq[vgpu_id]
+        self._allocate()
+
+    def set_policy(self, policy: SchedPolicy) -> None:
+        """Switch policy; shares are re-allocated from now on (debt and credit are kept)."""
+        self.config = replace(self.config, policy=policy)
+        self._best_effort = policy is SchedPolicy.BEST_EFFORT
         self._allocate()
 
     def set_weight(self, vgpu_id: int, weight: int) -> None:
