@@ -174,10 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(down)
     demo = sub.add_parser("demo", help="run the end-to-end demo on a private stack")
     demo.add_argument("--keep-state", action="store_true", help="keep the demo's state dir")
-    bench = sub.add_parser("bench", help="measure the stack against same-run baselines")
-    bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--json", action="store_true")
-    bench.add_argument("--only", nargs="+", default=None)
     return parser
 
 
@@ -188,10 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         from vgpusim.cli.demo import run_demo
 
         return run_demo(keep_state=args.keep_state)
-    if args.command == "bench":
-        from vgpusim.cli.bench import run_bench
-
-        return run_bench(quick=args.quick, as_json=args.json, only=args.only)
     paths = StackPaths(resolve_state_dir(args.state_dir))
     if args.command == "up":
         config = args.config.resolve() if args.config else None
