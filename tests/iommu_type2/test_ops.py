@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tests.iommu_type2.helpers import MIB, PAGE, add_device, mapping
 from vgpusim.common.errors import NotFound
+from vgpusim.common.shm.segment import Segment
 from vgpusim.iommu_type2.core import (
     PROT_RW,
     Container,
@@ -13,14 +17,22 @@ from vgpusim.iommu_type2.core import (
     SegmentStore,
     UnmapListener,
 )
+from vgpusim.iommu_type2.segments import ShmSegmentStore
 
 
-@pytest.fixture(params=["in-memory"])
-def any_store(request: pytest.FixtureRequest) -> SegmentStore:
-    """Every SegmentStore implementation of the core (the shm one is tested with common.shm)."""
-    store = InMemorySegmentStore()
-    store.create("seg", 2 * PAGE)
-    return store
+@pytest.fixture(params=["in-memory", "shm"])
+def any_store(request: pytest.FixtureRequest) -> Iterator[SegmentStore]:
+    """Every SegmentStore implementation: the core's fake and the service's shm store."""
+    if request.param == "in-memory":
+        memory = InMemorySegmentStore()
+        memory.create("seg", 2 * PAGE)
+        yield memory
+        return
+    shm_dir: Path = request.getfixturevalue("shm_dir")
+    Segment.create(shm_dir, "seg", 2 * PAGE).close()
+    store = ShmSegmentStore(shm_dir)
+    yield store
+    store.close()
 
 
 def test_store_behaviour(any_store: SegmentStore) -> None:
