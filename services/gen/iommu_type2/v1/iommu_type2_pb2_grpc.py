@@ -245,7 +245,7 @@ class IommuType2ServiceServicer(object):
     def PinPages(self, request, context):
         """vfio_pin_pages: pins `npage` contiguous pages from `iova` for a device.
         Returns: host runs (segment, offset, length) covering the pages, contiguous runs coalesced.
-        Errors: OUT_OF_RANGE (TOO_BIG: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
+        Errors: OUT_OF_RANGE (TOO_MANY_PAGES: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
         registered for unmap events), PERMISSION_DENIED (prot), RESOURCE_EXHAUSTED (MEMLOCK_EXCEEDED),
         UNAVAILABLE (UNMAP_IN_PROGRESS: the range is being unmapped). State: device attached and
         watching unmap events.

@@ -140,7 +140,7 @@ class IommuType2ServiceStub:
     ]
     """vfio_pin_pages: pins `npage` contiguous pages from `iova` for a device.
     Returns: host runs (segment, offset, length) covering the pages, contiguous runs coalesced.
-    Errors: OUT_OF_RANGE (TOO_BIG: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
+    Errors: OUT_OF_RANGE (TOO_MANY_PAGES: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
     registered for unmap events), PERMISSION_DENIED (prot), RESOURCE_EXHAUSTED (MEMLOCK_EXCEEDED),
     UNAVAILABLE (UNMAP_IN_PROGRESS: the range is being unmapped). State: device attached and
     watching unmap events.
@@ -326,7 +326,7 @@ class IommuType2ServiceAsyncStub:
     ]
     """vfio_pin_pages: pins `npage` contiguous pages from `iova` for a device.
     Returns: host runs (segment, offset, length) covering the pages, contiguous runs coalesced.
-    Errors: OUT_OF_RANGE (TOO_BIG: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
+    Errors: OUT_OF_RANGE (TOO_MANY_PAGES: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
     registered for unmap events), PERMISSION_DENIED (prot), RESOURCE_EXHAUSTED (MEMLOCK_EXCEEDED),
     UNAVAILABLE (UNMAP_IN_PROGRESS: the range is being unmapped). State: device attached and
     watching unmap events.
@@ -540,7 +540,7 @@ class IommuType2ServiceServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[vgpusim.iommu_type2.v1.iommu_type2_pb2.PinPagesResponse, collections.abc.Awaitable[vgpusim.iommu_type2.v1.iommu_type2_pb2.PinPagesResponse]]:
         """vfio_pin_pages: pins `npage` contiguous pages from `iova` for a device.
         Returns: host runs (segment, offset, length) covering the pages, contiguous runs coalesced.
-        Errors: OUT_OF_RANGE (TOO_BIG: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
+        Errors: OUT_OF_RANGE (TOO_MANY_PAGES: npage > 512), INVALID_ARGUMENT (npage 0, not mapped, device not
         registered for unmap events), PERMISSION_DENIED (prot), RESOURCE_EXHAUSTED (MEMLOCK_EXCEEDED),
         UNAVAILABLE (UNMAP_IN_PROGRESS: the range is being unmapped). State: device attached and
         watching unmap events.
