@@ -55,7 +55,7 @@ from vgpusim.vgpu_bus.core.model import (
 )
 from vgpusim.vgpu_bus.core.naming import check_attrs, check_owner, parse_uuid
 from vgpusim.vgpu_bus.core.ops import OwnerNotifier, VendorOps
-from vgpusim.vgpu_bus.core.parents import Parent, check_catalogue, live_parent_info
+from vgpusim.vgpu_bus.core.parents import Parent, check_catalogue, live_parent_info, run_all
 from vgpusim.vgpu_bus.core.states import HELD_BY_OWNER, IN_FLIGHT, Op
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,7 @@ class DeviceBus:
     async def list_parents(self, parent: str | None = None) -> tuple[ParentInfo, ...]:
         """Every registered parent (or just ``parent``; none if unknown) with live types, sorted by name."""
         names = sorted(name for name in self._parents if parent is None or name == parent)
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self.parent_info(name)) for name in names]
-        return tuple(task.result() for task in tasks)
+        return await run_all([self.parent_info(name) for name in names])
 
     async def list_types(
         self, *, parent: str | None = None, type_id: str | None = None

@@ -15,13 +15,16 @@ Glossary:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
-from vgpusim.common.errors import InvalidArgument
+from vgpusim.common.errors import InvalidArgument, VgpusimError
 from vgpusim.vgpu_bus.core.model import ParentInfo, ParentState, TypeInfo, TypeSpec
 from vgpusim.vgpu_bus.core.naming import check_device_api, check_parent_name, split_type_id
 from vgpusim.vgpu_bus.core.ops import VendorOps
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -103,13 +106,37 @@ async def live_type_info(parent: Parent, spec: TypeSpec) -> TypeInfo:
 async def live_parent_info(parent: Parent, device_count: int, type_id: str | None = None) -> ParentInfo:
     """``parent`` with its live types sorted by type-id (only ``type_id`` if given), asked concurrently."""
     specs = [spec for key, spec in sorted(parent.types.items()) if type_id is None or key == type_id]
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(live_type_info(parent, spec)) for spec in specs]
+    types = await run_all([live_type_info(parent, spec) for spec in specs])
     return ParentInfo(
         name=parent.name,
         driver=parent.driver,
         state=parent.state,
         registered_at=parent.registered_at,
         device_count=device_count,
-        types=tuple(task.result() for task in tasks),
+        types=types,
     )
+
+
+async def run_all(calls: list[Coroutine[Any, Any, T]]) -> tuple[T, ...]:
+    """The results of ``calls``, run concurrently in a task group, in order.
+
+    When calls fail with domain errors, the first one is raised as itself (the task group would
+    wrap it in an ``ExceptionGroup``, which no caller maps to a status); the others are cancelled.
+    Any other failure is a bug and propagates as the group.
+    """
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except BaseExceptionGroup as failed:
+        errors = _leaves(failed)
+        if not all(isinstance(error, VgpusimError) for error in errors):
+            raise
+        raise errors[0] from None
+    return tuple(task.result() for task in tasks)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return leaves
