@@ -208,9 +208,9 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def cleanup_stack(paths: StackPaths) -> None:
     """Remove what a stopped stack leaves: sockets, status files, shared memory."""
-    for name in (*SERVICE_ORDER, "gfx_host.chan"):
+    for sock in (*(paths.socket(n) for n in SERVICE_ORDER), paths.chan_socket):
         with contextlib.suppress(FileNotFoundError):
-            paths.socket(name).unlink()
+            sock.unlink()
     for name in SERVICE_ORDER:
         with contextlib.suppress(FileNotFoundError):
             paths.status_file(name).unlink()

@@ -191,7 +191,7 @@ class VgpuBusServiceServicer(object):
 
     def CloseDevice(self, request, context):
         """Closes a device; the vendor's release runs exactly once. Errors: NOT_FOUND (UNKNOWN_DEVICE),
-        PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (NOT_OPEN).
+        PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (DEVICE_NOT_OPEN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,7 +207,7 @@ class VgpuBusServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def DefineDevice(self, request, context):
-        """mdevctl define. Errors: ALREADY_EXISTS (ALREADY_DEFINED "Device U on P already defined"),
+        """mdevctl define. Errors: ALREADY_EXISTS (DEFINITION_EXISTS "Device U on P already defined"),
         INVALID_ARGUMENT (INVALID_UUID, INSUFFICIENTLY_SPECIFIED). Returns: the definition.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -215,14 +215,14 @@ class VgpuBusServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def UndefineDevice(self, request, context):
-        """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (NOT_DEFINED).
+        """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (UNKNOWN_DEFINITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModifyDefinition(self, request, context):
-        """mdevctl modify. Errors: NOT_FOUND (NOT_DEFINED), INVALID_ARGUMENT (BAD_ATTRIBUTE_INDEX).
+        """mdevctl modify. Errors: NOT_FOUND (UNKNOWN_DEFINITION), INVALID_ARGUMENT (INVALID_ATTRIBUTE_INDEX).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,7 +237,7 @@ class VgpuBusServiceServicer(object):
 
     def StartDevice(self, request, context):
         """mdevctl start: starts a definition, or creates a transient device (UUID generated when
-        empty). Errors: as CreateDevice, plus ALREADY_EXISTS (DEVICE_EXISTS), INVALID_ARGUMENT
+        empty). Errors: as CreateDevice (ALREADY_EXISTS UUID_IN_USE for a running UUID), INVALID_ARGUMENT
         (INSUFFICIENTLY_SPECIFIED). Returns: the device.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -104,7 +104,7 @@ class VgpuBusServiceStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.CloseDeviceResponse,
     ]
     """Closes a device; the vendor's release runs exactly once. Errors: NOT_FOUND (UNKNOWN_DEVICE),
-    PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (NOT_OPEN).
+    PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (DEVICE_NOT_OPEN).
     """
 
     WatchOwnership: grpc.UnaryStreamMultiCallable[
@@ -120,7 +120,7 @@ class VgpuBusServiceStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.DefineDeviceRequest,
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.DefineDeviceResponse,
     ]
-    """mdevctl define. Errors: ALREADY_EXISTS (ALREADY_DEFINED "Device U on P already defined"),
+    """mdevctl define. Errors: ALREADY_EXISTS (DEFINITION_EXISTS "Device U on P already defined"),
     INVALID_ARGUMENT (INVALID_UUID, INSUFFICIENTLY_SPECIFIED). Returns: the definition.
     """
 
@@ -128,13 +128,13 @@ class VgpuBusServiceStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.UndefineDeviceRequest,
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.UndefineDeviceResponse,
     ]
-    """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (NOT_DEFINED)."""
+    """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (UNKNOWN_DEFINITION)."""
 
     ModifyDefinition: grpc.UnaryUnaryMultiCallable[
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ModifyDefinitionRequest,
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ModifyDefinitionResponse,
     ]
-    """mdevctl modify. Errors: NOT_FOUND (NOT_DEFINED), INVALID_ARGUMENT (BAD_ATTRIBUTE_INDEX)."""
+    """mdevctl modify. Errors: NOT_FOUND (UNKNOWN_DEFINITION), INVALID_ARGUMENT (INVALID_ATTRIBUTE_INDEX)."""
 
     ListDefinitions: grpc.UnaryUnaryMultiCallable[
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ListDefinitionsRequest,
@@ -147,7 +147,7 @@ class VgpuBusServiceStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.StartDeviceResponse,
     ]
     """mdevctl start: starts a definition, or creates a transient device (UUID generated when
-    empty). Errors: as CreateDevice, plus ALREADY_EXISTS (DEVICE_EXISTS), INVALID_ARGUMENT
+    empty). Errors: as CreateDevice (ALREADY_EXISTS UUID_IN_USE for a running UUID), INVALID_ARGUMENT
     (INSUFFICIENTLY_SPECIFIED). Returns: the device.
     """
 
@@ -247,7 +247,7 @@ class VgpuBusServiceAsyncStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.CloseDeviceResponse,
     ]
     """Closes a device; the vendor's release runs exactly once. Errors: NOT_FOUND (UNKNOWN_DEVICE),
-    PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (NOT_OPEN).
+    PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (DEVICE_NOT_OPEN).
     """
 
     WatchOwnership: grpc.aio.UnaryStreamMultiCallable[
@@ -263,7 +263,7 @@ class VgpuBusServiceAsyncStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.DefineDeviceRequest,
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.DefineDeviceResponse,
     ]
-    """mdevctl define. Errors: ALREADY_EXISTS (ALREADY_DEFINED "Device U on P already defined"),
+    """mdevctl define. Errors: ALREADY_EXISTS (DEFINITION_EXISTS "Device U on P already defined"),
     INVALID_ARGUMENT (INVALID_UUID, INSUFFICIENTLY_SPECIFIED). Returns: the definition.
     """
 
@@ -271,13 +271,13 @@ class VgpuBusServiceAsyncStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.UndefineDeviceRequest,
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.UndefineDeviceResponse,
     ]
-    """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (NOT_DEFINED)."""
+    """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (UNKNOWN_DEFINITION)."""
 
     ModifyDefinition: grpc.aio.UnaryUnaryMultiCallable[
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ModifyDefinitionRequest,
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ModifyDefinitionResponse,
     ]
-    """mdevctl modify. Errors: NOT_FOUND (NOT_DEFINED), INVALID_ARGUMENT (BAD_ATTRIBUTE_INDEX)."""
+    """mdevctl modify. Errors: NOT_FOUND (UNKNOWN_DEFINITION), INVALID_ARGUMENT (INVALID_ATTRIBUTE_INDEX)."""
 
     ListDefinitions: grpc.aio.UnaryUnaryMultiCallable[
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ListDefinitionsRequest,
@@ -290,7 +290,7 @@ class VgpuBusServiceAsyncStub:
         vgpusim.vgpu_bus.v1.vgpu_bus_pb2.StartDeviceResponse,
     ]
     """mdevctl start: starts a definition, or creates a transient device (UUID generated when
-    empty). Errors: as CreateDevice, plus ALREADY_EXISTS (DEVICE_EXISTS), INVALID_ARGUMENT
+    empty). Errors: as CreateDevice (ALREADY_EXISTS UUID_IN_USE for a running UUID), INVALID_ARGUMENT
     (INSUFFICIENTLY_SPECIFIED). Returns: the device.
     """
 
@@ -410,7 +410,7 @@ class VgpuBusServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.CloseDeviceResponse, collections.abc.Awaitable[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.CloseDeviceResponse]]:
         """Closes a device; the vendor's release runs exactly once. Errors: NOT_FOUND (UNKNOWN_DEVICE),
-        PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (NOT_OPEN).
+        PERMISSION_DENIED (NOT_OWNER), FAILED_PRECONDITION (DEVICE_NOT_OPEN).
         """
 
     @abc.abstractmethod
@@ -430,7 +430,7 @@ class VgpuBusServiceServicer(metaclass=abc.ABCMeta):
         request: vgpusim.vgpu_bus.v1.vgpu_bus_pb2.DefineDeviceRequest,
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.DefineDeviceResponse, collections.abc.Awaitable[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.DefineDeviceResponse]]:
-        """mdevctl define. Errors: ALREADY_EXISTS (ALREADY_DEFINED "Device U on P already defined"),
+        """mdevctl define. Errors: ALREADY_EXISTS (DEFINITION_EXISTS "Device U on P already defined"),
         INVALID_ARGUMENT (INVALID_UUID, INSUFFICIENTLY_SPECIFIED). Returns: the definition.
         """
 
@@ -440,7 +440,7 @@ class VgpuBusServiceServicer(metaclass=abc.ABCMeta):
         request: vgpusim.vgpu_bus.v1.vgpu_bus_pb2.UndefineDeviceRequest,
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.UndefineDeviceResponse, collections.abc.Awaitable[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.UndefineDeviceResponse]]:
-        """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (NOT_DEFINED)."""
+        """mdevctl undefine (running devices are left alone). Errors: NOT_FOUND (UNKNOWN_DEFINITION)."""
 
     @abc.abstractmethod
     def ModifyDefinition(
@@ -448,7 +448,7 @@ class VgpuBusServiceServicer(metaclass=abc.ABCMeta):
         request: vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ModifyDefinitionRequest,
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ModifyDefinitionResponse, collections.abc.Awaitable[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.ModifyDefinitionResponse]]:
-        """mdevctl modify. Errors: NOT_FOUND (NOT_DEFINED), INVALID_ARGUMENT (BAD_ATTRIBUTE_INDEX)."""
+        """mdevctl modify. Errors: NOT_FOUND (UNKNOWN_DEFINITION), INVALID_ARGUMENT (INVALID_ATTRIBUTE_INDEX)."""
 
     @abc.abstractmethod
     def ListDefinitions(
@@ -465,7 +465,7 @@ class VgpuBusServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.StartDeviceResponse, collections.abc.Awaitable[vgpusim.vgpu_bus.v1.vgpu_bus_pb2.StartDeviceResponse]]:
         """mdevctl start: starts a definition, or creates a transient device (UUID generated when
-        empty). Errors: as CreateDevice, plus ALREADY_EXISTS (DEVICE_EXISTS), INVALID_ARGUMENT
+        empty). Errors: as CreateDevice (ALREADY_EXISTS UUID_IN_USE for a running UUID), INVALID_ARGUMENT
         (INSUFFICIENTLY_SPECIFIED). Returns: the device.
         """
 
