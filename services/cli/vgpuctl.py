@@ -160,6 +160,10 @@ async def _run(args: argparse.Namespace) -> int:
         return status
 
 
+# mdevctl's verbs exit 1 on every runtime error, like mdevctl 1.2.0; the reason is still printed.
+MDEVCTL_VERBS = frozenset({"types", "list", "define", "undefine", "modify", "start", "stop"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``vgpuctl`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -170,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args))
     except VgpusimError as err:
-        return report_error(err, as_json=args.json)
+        compat = EXIT_GENERIC if args.verb in MDEVCTL_VERBS else None
+        return report_error(err, as_json=args.json, exit_code=compat)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `vgpuctl events --follow | head`

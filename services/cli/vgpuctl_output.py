@@ -7,8 +7,9 @@ table, :data:`EXIT_CODES`), :func:`report_error` prints it (``Error: <message>``
 messages into the JSON ``--json`` prints.
 
 Glossary:
-- exit code: 0 success, 2 usage error (argparse), one code per error class otherwise (see
-  :data:`EXIT_CODES`; 1 for anything without its own code).
+- exit code: 0 success, 2 usage error (argparse); runtime errors exit 1 for the mdevctl verbs
+  (as mdevctl 1.2.0, whose callers such as libvirt expect it) and one code per error class for the
+  simulator's own verbs (see :data:`EXIT_CODES`; 1 for anything without its own code).
 - JSON mapping: proto field names as is, enums by name, 64-bit integers as numbers (not strings as
   in the canonical proto3 mapping), bytes as base64, timestamps as RFC 3339 strings.
 """
@@ -89,10 +90,16 @@ def exit_code_for(error: errors.VgpusimError) -> int:
     return EXIT_GENERIC
 
 
-def report_error(error: errors.VgpusimError, *, as_json: bool = False, stream: TextIO | None = None) -> int:
-    """Print ``error`` to ``stream`` (stderr) and return its exit status."""
+def report_error(
+    error: errors.VgpusimError,
+    *,
+    as_json: bool = False,
+    stream: TextIO | None = None,
+    exit_code: int | None = None,
+) -> int:
+    """Print ``error`` to ``stream`` (stderr) and return its exit status (``exit_code`` if given)."""
     out = sys.stderr if stream is None else stream
-    code = exit_code_for(error)
+    code = exit_code_for(error) if exit_code is None else exit_code
     if as_json:
         body = {
             "error": {
