@@ -6,6 +6,8 @@ Commands:
 - ``vgpusim status [--state-dir DIR] [--json]``: per service: state, pid, socket, metrics URL.
 - ``vgpusim down [--state-dir DIR]``: stop everything, remove sockets and shared-memory segments.
 - ``vgpusim demo``: the end-to-end path on a private stack (see :mod:`vgpusim.cli.demo`).
+- ``vgpusim bench [--quick] [--json] [--only NAME...]``: the DESIGN §5 figures on a private stack
+  (see :mod:`vgpusim.cli.bench`).
 
 The stack is found by ``--state-dir``, else ``$VGPUSIM_STATE_DIR``, else a per-user state dir.
 Exit codes: 0 success, 1 runtime failure, 2 usage error.
@@ -77,8 +79,8 @@ async def stack_status(paths: StackPaths) -> dict[str, dict[str, Any]]:
     return result
 
 
-async def _up_foreground(paths: StackPaths, config: Path | None) -> int:
-    supervisor = Supervisor(paths, config=config)
+async def _up_foreground(paths: StackPaths, config: Path | None, sysfs: bool) -> int:
+    supervisor = Supervisor(paths, config=config, sysfs=sysfs)
     try:
         await supervisor.start_all()
     except RuntimeError as exc:
@@ -90,7 +92,7 @@ async def _up_foreground(paths: StackPaths, config: Path | None) -> int:
     return 0
 
 
-def _up_detached(paths: StackPaths, config: Path | None) -> int:
+def _up_detached(paths: StackPaths, config: Path | None, sysfs: bool) -> int:
     existing = _read_json(launcher_file(paths))
     if existing and _pid_alive(existing.get("pid")):
         print(
@@ -101,6 +103,8 @@ def _up_detached(paths: StackPaths, config: Path | None) -> int:
     argv = [sys.executable, "-m", "vgpusim.cli.launcher", "up", "--state-dir", str(paths.state_dir)]
     if config is not None:
         argv += ["--config", str(config)]
+    if sysfs:
+        argv.append("--sysfs")
     log_path = paths.logs_dir / "launcher.log"
     with log_path.open("ab") as log:
         child = subprocess.Popen(
@@ -167,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(up)
     up.add_argument("--config", type=Path, help="host config file (TOML); default: the embedded host")
     up.add_argument("--detach", action="store_true", help="return once every service is SERVING")
+    up.add_argument(
+        "--sysfs",
+        action="store_true",
+        help="mount the sysfs view for mdevctl on <state>/sysfs (root, /dev/fuse)",
+    )
     status = sub.add_parser("status", help="show the state of each service")
     common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -174,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(down)
     demo = sub.add_parser("demo", help="run the end-to-end demo on a private stack")
     demo.add_argument("--keep-state", action="store_true", help="keep the demo's state dir")
+    bench = sub.add_parser("bench", help="measure the performance figures on a private stack")
+    bench.add_argument("--quick", action="store_true", help="smaller samples; under two minutes")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bench.add_argument(
+        "--only", nargs="+", metavar="NAME", help="only these measurements or figure keys (default: all)"
+    )
     return parser
 
 
@@ -184,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         from vgpusim.cli.demo import run_demo
 
         return run_demo(keep_state=args.keep_state)
+    if args.command == "bench":
+        from vgpusim.cli.bench import run_bench
+
+        return run_bench(quick=args.quick, as_json=args.json, only=args.only)
     paths = StackPaths(resolve_state_dir(args.state_dir))
     if args.command == "up":
         config = args.config.resolve() if args.config else None
@@ -191,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vgpusim up: config file {config} does not exist", file=sys.stderr)
             return 2
         if args.detach:
-            return _up_detached(paths, config)
-        return asyncio.run(_up_foreground(paths, config))
+            return _up_detached(paths, config, args.sysfs)
+        return asyncio.run(_up_foreground(paths, config, args.sysfs))
     if args.command == "status":
         status = asyncio.run(stack_status(paths))
         if args.json:

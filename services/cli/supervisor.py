@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vgpusim.common.logs import get_logger
 from vgpusim.common.paths import StackPaths
+from vgpusim.vgpu_bus.sysfs.mounts import unmount_recorded
 
 SERVICE_ORDER: tuple[str, ...] = ("iommu_type2", "vgpu_bus", "gfx_host", "qemu_frontend")
 STOP_GRACE_S = 10.0
@@ -90,10 +91,13 @@ class ManagedService:
 class Supervisor:
     """Starts, watches and stops the services of one stack."""
 
-    def __init__(self, paths: StackPaths, *, config: Path | None, restart: bool = True) -> None:
+    def __init__(
+        self, paths: StackPaths, *, config: Path | None, restart: bool = True, sysfs: bool = False
+    ) -> None:
         self.paths = paths
         self.config = config
         self.restart = restart
+        self.sysfs = sysfs
         self.services: dict[str, ManagedService] = {}
         self._stop = asyncio.Event()
 
@@ -101,6 +105,8 @@ class Supervisor:
         argv = [sys.executable, "-m", f"vgpusim.{name}.server", "--state-dir", str(self.paths.state_dir)]
         if self.config is not None:
             argv += ["--config", str(self.config)]
+        if self.sysfs and name == "vgpu_bus":
+            argv += ["--sysfs", "true"]
         return argv
 
     async def wait_serving(self, svc: ManagedService, timeout: float = START_TIMEOUT_S) -> None:
@@ -216,4 +222,5 @@ def cleanup_stack(paths: StackPaths) -> None:
             paths.status_file(name).unlink()
     with contextlib.suppress(FileNotFoundError):
         launcher_file(paths).unlink()
+    unmount_recorded(paths.state_dir)  # a FUSE view left by a crashed vgpu_bus: detach it
     paths.remove_shm_dir()

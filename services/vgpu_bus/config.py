@@ -33,6 +33,8 @@ class BusServiceConfig(BaseServiceConfig):
     """vgpu_bus: the mediated-device bus (parents, devices, ownership, definitions, events)."""
 
     db_path: str = option("", "SQLite file of the persistent definitions; empty = <state>/bus.sqlite3")
+    sysfs: bool = option(False, "serve the sysfs view (FUSE) that mdevctl drives; needs root and /dev/fuse")
+    sysfs_mount: str = option("", "where the sysfs view is mounted; empty = <state>/sysfs")
     release_timeout_s: float = option(
         10.0, "seconds a remove waits for the owner of an open device when the request gives no timeout"
     )
@@ -63,6 +65,11 @@ class BusServiceConfig(BaseServiceConfig):
     def db_file(self) -> Path:
         """The definitions database: :attr:`db_path` if set, else ``<state>/bus.sqlite3``."""
         return Path(self.db_path) if self.db_path else self.paths.bus_db
+
+    @property
+    def sysfs_mountpoint(self) -> Path:
+        """Where the FUSE view goes: :attr:`sysfs_mount` if set, else ``<state>/sysfs``."""
+        return Path(self.sysfs_mount) if self.sysfs_mount else self.paths.state_dir / "sysfs"
 
     def bus_config(self) -> BusConfig:
         """The core's tunables."""

@@ -128,8 +128,20 @@ async def run(config: BusServiceConfig) -> None:
     setup_logging(SERVICE, level=config.log_level, fmt=config.log_format)
     registry = CollectorRegistry()
     stopping = asyncio.Event()
-    async with open_runtime(config, registry=registry, stopping=stopping) as runtime:
+    async with (
+        open_runtime(config, registry=registry, stopping=stopping) as runtime,
+        contextlib.AsyncExitStack() as stack,
+    ):
         _log.info("definitions in %s", config.db_file)
+        if config.sysfs:
+            from vgpusim.vgpu_bus.sysfs.server import SysfsServer  # pyfuse3 only when asked for
+
+            mount = config.sysfs_mountpoint
+            mount.mkdir(parents=True, exist_ok=True)
+            await stack.enter_async_context(
+                SysfsServer(runtime.bus, asyncio.get_running_loop(), mount, state_dir=config.paths.state_dir)
+            )
+            _log.info("sysfs view mounted on %s", mount)
         await serve(
             name=SERVICE,
             config=config,
