@@ -11,7 +11,6 @@ import importlib.util
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -56,23 +55,9 @@ def ctl(servers: fakes.ServerThread, capsys: pytest.CaptureFixture[str]) -> Call
     def run(*argv: str) -> Result:
         code = main(["--state-dir", str(servers.state_dir), *argv])
         out, err = capsys.readouterr()
-        return code, out, without_poller_noise(err)
+        return code, out, err
 
     return run
-
-
-_NOISE = re.compile(r"--- Logging error ---\n.*?PollerCompletionQueue.*?(?:Arguments: \(\)\n|\Z)", re.DOTALL)
-
-
-def without_poller_noise(err: str) -> str:
-    """stderr minus grpc-aio's poller tracebacks.
-
-    They come from this test's set-up only: the fake servers run on an event loop in a second
-    thread of the same process as vgpuctl's own loop, and grpcio 1.62's shared completion-queue
-    poller then sometimes logs a BlockingIOError (the calls themselves succeed).  A vgpuctl
-    process has one loop and never prints them.
-    """
-    return _NOISE.sub("", err)
 
 
 TYPES_JSON = """[
