@@ -1,1 +1,1 @@
-"""TODO docstring."""
+"""qemu_frontend: VMs with guest RAM, the VFIO device API, interrupts and the built-in guest driver."""
