@@ -195,12 +195,15 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        watchers = [
+            loop.create_task(self._watch(svc), name=f"watch-{svc.name}") for svc in self.services.values()
+        ]
         try:
-            async with asyncio.TaskGroup() as tg:
-                for svc in self.services.values():
-                    tg.create_task(self._watch(svc))
-                tg.create_task(self._stop.wait())
+            await self._stop.wait()
         finally:
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             await self.stop_all()
 
 
