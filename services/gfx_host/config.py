@@ -17,7 +17,9 @@ class GfxHostConfig(BaseServiceConfig):
     """gfx_host settings (env ``VGPUSIM_GFX_HOST_<FIELD>``, flags ``--<field>``, ``[gfx_host]``)."""
 
     host_config: str = option("", "TOML file with [[gpu]] tables; empty: the embedded default host")
-    watchdog_ms: int = option(50, "a workload running longer than this is a hang of its vGPU")
+    watchdog_ms: int = option(
+        500, "a workload running longer than this (GPU time, or real time under load) is a hang of its vGPU"
+    )
     iommu_target: str = option("", "gRPC target of iommu_type2; empty: its socket in the state dir")
     bus_target: str = option("", "gRPC target of vgpu_bus; empty: its socket in the state dir")
     dependency_timeout_s: float = option(30.0, "how long to wait for iommu_type2 and vgpu_bus at start")
