@@ -74,7 +74,8 @@ class Scene:
             return WHITE
         if self.bars_y <= y < self.bars_y + self.bars_h:
             return BARS[min((x - self.shift(n)) % self.width // self.bar_w, len(BARS) - 1)]
-        return self.band_color(y * BANDS // self.height, n)
+        # the band whose rows [b*h//BANDS, (b+1)*h//BANDS) hold y, as commands() fills them
+        return self.band_color(((y + 1) * BANDS - 1) // self.height, n)
 
     # ---- how the GPU draws it ------------------------------------------------------------------
 

@@ -161,3 +161,14 @@ def test_render_falls_back_to_one_framebuffer_when_guest_ram_is_short() -> None:
     assert snap.state is GuestState.FINISHED, snap.error
     assert snap.frames_drawn == 3
     assert sim.plane().dmabuf_id == 1  # never flipped: drawn in place
+
+
+@pytest.mark.parametrize(("width", "height"), [(1024, 768), (1920, 1200), (1920, 1080), (800, 600)])
+def test_scene_reference_matches_the_drawn_bands_at_every_resolution(width: int, height: int) -> None:
+    """pixel() must put each row in the band commands() fills it with (1200 rows / 32 bands is not whole)."""
+    from vgpusim.qemu_frontend.guest.render import BANDS, Scene
+
+    scene = Scene(width, height, width * 4)
+    for band in range(BANDS):
+        for y in (band * height // BANDS, (band + 1) * height // BANDS - 1):
+            assert scene.pixel(0, width - 1, y) == scene.band_color(band, 0) or scene.bars_y <= y
