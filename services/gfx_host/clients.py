@@ -13,14 +13,14 @@ Glossary:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
 
 from vgpusim.common.clients import call, translate_errors
-from vgpusim.common.errors import Unavailable
+from vgpusim.common.errors import VgpusimError
 from vgpusim.common.logs import get_logger
 from vgpusim.common.shm.segment import Segment
 from vgpusim.gen.iommu_type2.v1 import iommu_type2_pb2 as iommu_pb2
@@ -156,28 +156,54 @@ class BusClient:
 
 
 class SegmentCache:
-    """``HostMemory`` over the stack's shm directory: segments opened once, by name."""
+    """``HostMemory`` over the stack's shm directory: segments opened once, by name.
+
+    A VM's RAM segment is unlinked when the VM is destroyed, but our mapping would keep its memory
+    (and a file descriptor) alive: whenever a segment not seen before is opened, cached segments
+    whose file is gone are closed (:meth:`prune`), so a host that runs VM after VM stays flat.
+    """
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._open: dict[str, Segment] = {}
+        self._identity: dict[str, tuple[int, int]] = {}
 
     def view(self, segment: str) -> memoryview:
         seg = self._open.get(segment)
         if seg is None or seg.closed:
-            try:
-                seg = Segment.open(self._directory, segment)
-            except FileNotFoundError as exc:  # pragma: no cover - Segment.open raises domain errors
-                raise Unavailable(f"segment {segment} is gone", reason="SEGMENT_GONE") from exc
-            self._open[segment] = seg
+            self.prune()
+            seg = Segment.open(self._directory, segment)
+            st = os.stat(seg.path)
+            self._open[segment], self._identity[segment] = seg, (st.st_ino, st.st_dev)
         return seg.buf
 
+    def prune(self) -> int:
+        """Close the cached segments whose file was unlinked; return how many were closed."""
+        closed = 0
+        for name, seg in list(self._open.items()):
+            try:
+                current = os.stat(seg.path)
+                alive = (current.st_ino, current.st_dev) == self._identity.get(name)
+            except FileNotFoundError:
+                alive = False
+            if not alive and self._close(name):
+                closed += 1
+        return closed
+
+    def _close(self, name: str) -> bool:
+        seg = self._open[name]
+        try:
+            seg.close()
+        except VgpusimError:  # a view is still exported (a workload in flight): retry next time
+            return False
+        del self._open[name]
+        self._identity.pop(name, None)
+        return True
+
     def forget(self, segment: str) -> None:
-        seg = self._open.pop(segment, None)
-        if seg is not None:
-            with contextlib.suppress(Exception):
-                seg.close()
+        if segment in self._open:
+            self._close(segment)
 
     def close(self) -> None:
         for name in list(self._open):
-            self.forget(name)
+            self._close(name)
