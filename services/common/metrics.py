@@ -137,20 +137,40 @@ class MetricsServer:
         return 200, ctype, encoder(self.registry)
 
 
+class _MethodSeries:
+    """The label children of one (type, service, method), looked up once instead of per call."""
+
+    def __init__(self, owner: GrpcMetricsInterceptor, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = owner.started.labels(*labels)
+        self.received = owner.msg_received.labels(*labels)
+        self.sent = owner.msg_sent.labels(*labels)
+        self.seconds = owner.seconds.labels(*labels)
+        self._handled = owner.handled
+        self._by_code: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._handled.labels(*self.labels, code)
+        return child
+
+
 class _RpcMeter:
     """Counts one RPC: started at construction, messages as they pass, handled at :meth:`done`."""
 
-    def __init__(self, owner: GrpcMetricsInterceptor, labels: tuple[str, str, str]) -> None:
-        self.owner = owner
-        self.labels = labels
+    __slots__ = ("series", "started")
+
+    def __init__(self, series: _MethodSeries) -> None:
+        self.series = series
         self.started = time.perf_counter()
-        owner.started.labels(*labels).inc()
+        series.started.inc()
 
     def received(self) -> None:
-        self.owner.msg_received.labels(*self.labels).inc()
+        self.series.received.inc()
 
     def sent(self) -> None:
-        self.owner.msg_sent.labels(*self.labels).inc()
+        self.series.sent.inc()
 
     def done(self, context: Any, exc: BaseException | None) -> None:
         code = context.code()
@@ -162,8 +182,8 @@ class _RpcMeter:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
         elif not isinstance(exc, grpc.aio.AbortError) or code is None:
             code = grpc.StatusCode.UNKNOWN  # what grpc.aio sends for an escaped exception
-        self.owner.handled.labels(*self.labels, grpc_code_label(code)).inc()
-        self.owner.seconds.labels(*self.labels).observe(time.perf_counter() - self.started)
+        self.series.handled(grpc_code_label(code)).inc()
+        self.series.seconds.observe(time.perf_counter() - self.started)
 
 
 class _CountingContext:
@@ -220,6 +240,7 @@ class GrpcMetricsInterceptor:
             "grpc_server_msg_received", "Messages received from clients.", base, registry=registry
         )
         self.msg_sent = Counter("grpc_server_msg_sent", "Messages sent to clients.", base, registry=registry)
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, instrumented handler)
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
@@ -227,6 +248,14 @@ class GrpcMetricsInterceptor:
         handler = await continuation(details)
         if handler is None:
             return None
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        instrumented = self._instrument(handler, details)
+        self._wrapped[details.method] = (handler, instrumented)
+        return instrumented
+
+    def _instrument(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
         service, _, method = str(details.method).lstrip("/").rpartition("/")
         req_stream, resp_stream = bool(handler.request_streaming), bool(handler.response_streaming)
         kind = {(False, False): "unary", (True, False): "client_stream"}.get(
@@ -257,8 +286,10 @@ class GrpcMetricsInterceptor:
     def _wrap(
         self, behavior: Any, labels: tuple[str, str, str], req_stream: bool, resp_stream: bool
     ) -> Callable[[Any, Any], Any] | None:
+        series = _MethodSeries(self, labels)
+
         def begin(request: Any, context: Any) -> tuple[_RpcMeter, Any, Any]:
-            meter = _RpcMeter(self, labels)
+            meter = _RpcMeter(series)
             if req_stream:
                 request = _counted(request, meter)
             else:
