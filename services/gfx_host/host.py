@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgpusim.common.errors import NotFound, Unavailable, WrongState
+from vgpusim.common.errors import InvalidArgument, NotFound, TimedOut, Unavailable, WrongState
 from vgpusim.common.fastpath import CHANNEL_SPEC, HostPort
 from vgpusim.common.logs import get_logger
 from vgpusim.common.shm.channel import create_channel
@@ -69,7 +70,8 @@ class HostService:
         self.broker = broker
         self.shm_dir = shm_dir
         self.parents = {gpu.parent: ParentRuntime(gpu, watchdog_us=watchdog_us) for gpu in host.gpus()}
-        self.open: dict[str, OpenDevice] = {}
+        self.open: dict[str, OpenDevice] = {}  # by canonical UUID
+        self._opening: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -91,21 +93,42 @@ class HostService:
         return self.host.gpu(parent)
 
     def create(self, uuid: str, parent: str, type_id: str) -> Vgpu:
-        return self.host.gpu(parent).create_vgpu(uuid, type_id)
+        gpu = self.host.gpu(parent)
+        _check_type(gpu, type_id)
+        return gpu.create_vgpu(uuid, type_id)
 
     def remove(self, uuid: str) -> None:
         vgpu = self.host.find_vgpu(uuid)
-        self.host.gpu(vgpu.parent).remove_vgpu(uuid)
+        if vgpu.state is VgpuState.OPEN:
+            raise WrongState(
+                f"vGPU {vgpu.uuid} is open: release it first",
+                reason="VGPU_OPEN",
+                metadata={"uuid": vgpu.uuid},
+            )
+        self.host.gpu(vgpu.parent).remove_vgpu(vgpu.uuid)
 
     def available(self, parent: str, type_id: str) -> int:
-        return self.host.gpu(parent).available_instances(type_id)
+        gpu = self.host.gpu(parent)
+        _check_type(gpu, type_id)
+        return gpu.available_instances(type_id)
 
     async def open_device(self, uuid: str, container: str) -> str:
         """Open ``uuid`` in ``container``; the broker token of its channel."""
         vgpu = self.host.find_vgpu(uuid)
-        if uuid in self.open:
+        uuid = vgpu.uuid  # canonical: the key of ``open`` and the iommu_type2 device name
+        if uuid in self.open or uuid in self._opening:
             raise Unavailable(f"vGPU {uuid} is already open", reason="VGPU_OPEN", metadata={"uuid": uuid})
         parent = self.parents[vgpu.parent]
+        self._opening.add(uuid)
+        try:
+            token = await self._open(vgpu, parent, container)
+        finally:
+            self._opening.discard(uuid)
+        _log.info("vGPU opened", extra={"vgpu": uuid, "container": container})
+        return token
+
+    async def _open(self, vgpu: Vgpu, parent: ParentRuntime, container: str) -> str:
+        uuid = vgpu.uuid
         async with AsyncExitStack() as stack:
             await self.iommu.attach(container, uuid)
             stack.push_async_callback(self._detach_quietly, container, uuid)
@@ -122,7 +145,9 @@ class HostService:
             stack.callback(end.close)
             port = HostPort(end)
             memory = GttGraphicsMemory(vgpu.gtt, self.memory, vgpu.partition)
-            runtime = DeviceRuntime(
+            # off the loop: it takes the GPU's lock, which a loop task may hold across pin RPCs
+            runtime = await asyncio.to_thread(
+                DeviceRuntime,
                 parent,
                 vgpu,
                 port,
@@ -130,17 +155,16 @@ class HostService:
                 apply_gtt=lambda: self._apply_gtt(uuid),
                 weight=vgpu.vgpu_type.weight,
             )
-            stack.callback(runtime.stop)
+            stack.push_async_callback(asyncio.to_thread, runtime.stop)
             token = self.broker.offer(end)
             stack.callback(self.broker.withdraw, end)
             self.open[uuid] = OpenDevice(vgpu, container, runtime, stack.pop_all(), watch, token)
-        _log.info("vGPU opened", extra={"vgpu": uuid, "container": container})
         return token
 
     async def release(self, uuid: str) -> None:
+        uuid = self.host.find_vgpu(uuid).uuid  # NotFound for an unknown UUID
         device = self.open.pop(uuid, None)
         if device is None:
-            self.host.find_vgpu(uuid)  # NotFound for an unknown UUID
             raise WrongState(f"vGPU {uuid} is not open", reason="NOT_OPEN", metadata={"uuid": uuid})
         parent = self.parents[device.vgpu.parent]
         async with parent.hold():
@@ -164,10 +188,19 @@ class HostService:
         return handler
 
     def _apply_gtt(self, uuid: str) -> None:
-        """From a trap thread: pin the pending GTT entries (in the loop) and wait for it."""
+        """From a trap thread: pin the pending GTT entries (in the loop) and wait for it.
+
+        Errors: TimedOut (``GTT_APPLY_TIMED_OUT``) after :data:`APPLY_TIMEOUT_S`; the update goes
+        on in the loop (cancelling it would lose the entries it took).
+        """
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(self._apply_gtt_async(uuid), self._loop)
-        future.result(timeout=APPLY_TIMEOUT_S)
+        try:
+            future.result(timeout=APPLY_TIMEOUT_S)
+        except TimeoutError:
+            raise TimedOut(
+                f"GTT update of {uuid} not applied within {APPLY_TIMEOUT_S} s", reason="GTT_APPLY_TIMED_OUT"
+            ) from None
 
     async def _apply_gtt_async(self, uuid: str) -> None:
         device = self.open.get(uuid)
@@ -179,25 +212,49 @@ class HostService:
     # ---- host operations ---------------------------------------------------------------------
 
     async def reset(self, uuid: str) -> None:
+        uuid = self.host.find_vgpu(uuid).uuid
         device = self.open.get(uuid)
         if device is None:
-            self.host.find_vgpu(uuid)
             raise WrongState(f"vGPU {uuid} is not open", reason="NOT_OPEN", metadata={"uuid": uuid})
         async with self.parents[device.vgpu.parent].hold():
             device.runtime.reset_engines()
             await device.vgpu.reset()
 
-    def set_policy(self, parent: str, policy: SchedPolicy) -> None:
-        runtime = self.parents.get(parent)
-        if runtime is None:
-            self.host.gpu(parent)
-            raise NotFound(f"no GPU {parent}", reason="UNKNOWN_PARENT")
-        with runtime.lock:
-            runtime.runner.scheduler.set_policy(policy)
+    async def set_scheduler(
+        self, parent: str, policy: SchedPolicy | None, weights: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        """Change ``parent``'s arbiter policy (None: unchanged) and weights of its open vGPUs.
+
+        All or nothing: every vGPU is checked first.  Errors: NotFound (``PARENT_NOT_FOUND``,
+        ``DEVICE_NOT_FOUND``: not a vGPU of this parent, ``VGPU_NOT_SCHEDULED``: not open),
+        InvalidArgument (``INVALID_WEIGHT``).
+        """
+        gpu = self.host.gpu(parent)
+        changes = [(gpu.get_vgpu(uuid).vgpu_id, weight) for uuid, weight in weights]
+        runtime = self.parents[parent]
+        async with runtime.hold():
+            scheduler = runtime.runner.scheduler
+            scheduled = {v.vgpu_id for v in scheduler.statistics().vgpus}
+            for (uuid, _), (vgpu_id, _) in zip(weights, changes, strict=True):
+                if vgpu_id not in scheduled:
+                    raise NotFound(f"vGPU {uuid} is not open", reason="VGPU_NOT_SCHEDULED")
+            for vgpu_id, weight in changes:
+                scheduler.set_weight(vgpu_id, weight)
+            if policy is not None:
+                scheduler.set_policy(policy)
 
     def vgpu_state(self, uuid: str) -> tuple[Vgpu, OpenDevice | None]:
         vgpu = self.host.find_vgpu(uuid)
-        return vgpu, self.open.get(uuid) if vgpu.state is VgpuState.OPEN else None
+        return vgpu, self.open.get(vgpu.uuid) if vgpu.state is VgpuState.OPEN else None
+
+
+def _check_type(gpu: PhysicalGpu, type_id: str) -> None:
+    """InvalidArgument ``UNKNOWN_TYPE`` (the vendor-ops contract) if ``gpu`` has no such type."""
+    try:
+        gpu.model.find_type(type_id)
+    except NotFound as exc:
+        meta = {k: v for k, v in exc.metadata.items() if k != "errno"}
+        raise InvalidArgument(exc.message, reason="UNKNOWN_TYPE", metadata=meta) from None
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -10,8 +10,10 @@ Threads (the asyncio loop stays on the control path only):
 
 Locking: ``ParentRuntime.lock`` guards the runner and every device model of the parent; it is held
 while a trap is handled, a workload runs, or the loop changes the GTT shadow (pins, unmap
-notifications: :meth:`ParentRuntime.hold`).  A thread never waits for the loop while holding it;
-GTT updates are applied lazily (before the next doorbell is audited) by a call into the loop.
+notifications: :meth:`ParentRuntime.hold`), so the loop never blocks on it (it waits through
+``hold`` or from a worker thread).  A thread never waits for the loop while holding it; GTT updates
+are applied lazily (before the next doorbell is audited, or an aperture access) by a call into the
+loop.
 
 Glossary:
 - doorbell: a guest write of a ring tail register.
@@ -26,7 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
-from vgpusim.common.errors import VgpusimError
+from vgpusim.common.errors import TimedOut, VgpusimError
 from vgpusim.common.fastpath import OP_READ, HostPort, Trap, status_of
 from vgpusim.common.logs import get_logger
 from vgpusim.common.shm.errors import PeerGone
@@ -42,6 +44,8 @@ from vgpusim.gfx_host.core.vgpu import REGION_BAR0, REGION_BAR2, REGION_CONFIG, 
 _log = get_logger("vgpusim.gfx_host.runtime")
 IRQ_INTX, IRQ_MSI = 0, 1
 SPIN_WAIT_S = 0.0002  # a next event closer than this is spun for, not slept for
+TRAP_POLL_S = 0.05  # a trap thread with nothing to do re-checks this often whether it must stop
+STOP_TIMEOUT_S = 5.0
 
 
 class ParentRuntime:
@@ -128,6 +132,7 @@ class DeviceRuntime:
         self.submitted: dict[Engine, int] = {}
         self.workloads = self.hangs = self.rejections = self.msis = self.write_errors = 0
         self.busy_us = 0
+        self._msi_count_lock = threading.Lock()
         self._closing = False
         with parent.lock:
             parent.runner.add_vgpu(vgpu.vgpu_id, memory, weight=weight)
@@ -138,14 +143,21 @@ class DeviceRuntime:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop executing for this vGPU and end the trap thread (the channel is closed)."""
+        """Stop executing for this vGPU, end the trap thread, then close the channel.
+
+        Blocks (up to :data:`STOP_TIMEOUT_S`): call it off the event loop, which the trap thread
+        may be waiting for (GTT pins).  The channel is closed only once the thread is gone, so it
+        never touches released rings.
+        """
         self._closing = True
         with self.parent.lock:
             self.parent.devices.pop(self.vgpu.vgpu_id, None)
             with contextlib.suppress(VgpusimError):
                 self.parent.runner.remove_vgpu(self.vgpu.vgpu_id)
+        self._thread.join(timeout=STOP_TIMEOUT_S)
+        if self._thread.is_alive():
+            _log.warning("trap thread did not stop", extra={"vgpu": self.vgpu.uuid})
         self.port.close()
-        self._thread.join(timeout=5)
 
     def reset_engines(self) -> None:
         """A DMLR: flush every engine queue and forget the submitted heads (caller holds the lock)."""
@@ -158,7 +170,10 @@ class DeviceRuntime:
         traps = self.port.traps
         try:
             while not self._closing:
-                traps.wait_readable(timeout=None)
+                try:  # bounded: nothing but a trap or the frontend's exit would wake it otherwise
+                    traps.wait_readable(timeout=TRAP_POLL_S)
+                except TimedOut:
+                    continue
                 for trap in self.port.next_traps():
                     self._handle(trap)
         except PeerGone:
@@ -171,6 +186,8 @@ class DeviceRuntime:
         effect: WriteEffect | None = None
         value = status = 0
         vgpu = self.vgpu
+        if trap.region == REGION_BAR2:
+            self._sync_gtt()  # the aperture is seen through the GTT as the guest wrote it
         with self.parent.lock:
             try:
                 if trap.op == OP_READ:
@@ -215,11 +232,22 @@ class DeviceRuntime:
                     self.parent.runner.reset_engine(self.vgpu.vgpu_id, int(engine))
                     self.submitted.pop(engine, None)
         if effect.doorbells:
-            if self.gtt_dirty:
-                self.gtt_dirty = False
-                self._apply_gtt()  # waits for the loop's pins; holds no lock
+            if not self._sync_gtt():
+                return  # the work stays in the ring for the next doorbell
             for engine in effect.doorbells:
                 self._doorbell(engine)
+
+    def _sync_gtt(self) -> bool:
+        """Shadow the GTT writes not applied yet (waits for the loop's pins: hold no lock); ok?"""
+        if not self.gtt_dirty:
+            return True
+        try:
+            self._apply_gtt()
+        except VgpusimError as exc:
+            _log.warning("GTT update not applied: %s", exc, extra={"vgpu": self.vgpu.uuid})
+            return False
+        self.gtt_dirty = False
+        return True
 
     def _doorbell(self, engine: Engine) -> None:
         vgpu = self.vgpu
@@ -274,9 +302,13 @@ class DeviceRuntime:
             self.raise_msi()
 
     def raise_msi(self) -> None:
+        """Post an interrupt (from the trap or the GPU thread); counted before the guest can see it."""
         index = IRQ_MSI if self.vgpu.config.msi_enabled else IRQ_INTX
+        with self._msi_count_lock:
+            self.msis += 1
         try:
             self.port.raise_irq(index, 0, time.monotonic_ns())
-            self.msis += 1
         except VgpusimError as exc:
+            with self._msi_count_lock:
+                self.msis -= 1
             _log.info("interrupt not delivered: %s", exc, extra={"vgpu": self.vgpu.uuid})

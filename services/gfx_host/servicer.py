@@ -183,12 +183,13 @@ class GfxHostServicer(pb_grpc.GfxHostServiceServicer):
         vgpu = self.s.host.find_vgpu(request.uuid)
         info = vgpu.display.get_dmabuf(request.dmabuf_id)
         async with self.s.parents[vgpu.parent].hold():
+            await vgpu.gtt.apply_pending()  # the plane may be mapped by GTT writes no doorbell applied
             data = vgpu.display.fetch(request.dmabuf_id, self.s.memory)
         return pb.GetFramebufferResponse(plane=_plane_pb(info), data=data)
 
     @rpc_method
     async def GetScheduler(self, request: pb.GetSchedulerRequest, context: Any) -> pb.GetSchedulerResponse:
-        return self._scheduler(request.parent)
+        return await self._scheduler(request.parent)
 
     @rpc_method
     async def SetScheduler(self, request: pb.SetSchedulerRequest, context: Any) -> pb.SetSchedulerResponse:
@@ -196,21 +197,19 @@ class GfxHostServicer(pb_grpc.GfxHostServiceServicer):
         for change in request.weights:
             if not 1 <= change.weight <= MAX_WEIGHT:
                 raise InvalidArgument(f"weight {change.weight} outside 1..{MAX_WEIGHT}", reason="BAD_WEIGHT")
+        policy = None
         if request.policy != pb.SCHEDULER_POLICY_UNSPECIFIED:
             if request.policy not in _PB_TO_POLICY:
                 raise InvalidArgument(f"unknown policy {request.policy}", reason="BAD_POLICY")
-            self.s.set_policy(request.parent, _PB_TO_POLICY[request.policy])
-        runtime = self.s.parents[request.parent]
-        for change in request.weights:
-            vgpu = self.s.host.find_vgpu(change.uuid)
-            with runtime.lock:
-                runtime.runner.scheduler.set_weight(vgpu.vgpu_id, change.weight)
-        return pb.SetSchedulerResponse(scheduler=self._scheduler(request.parent))
+            policy = _PB_TO_POLICY[request.policy]
+        weights = [(change.uuid, change.weight) for change in request.weights]
+        await self.s.set_scheduler(request.parent, policy, weights)
+        return pb.SetSchedulerResponse(scheduler=await self._scheduler(request.parent))
 
-    def _scheduler(self, parent: str) -> pb.GetSchedulerResponse:
+    async def _scheduler(self, parent: str) -> pb.GetSchedulerResponse:
         gpu = self.s.host.gpu(parent)
         runtime = self.s.parents[parent]
-        with runtime.lock:
+        async with runtime.hold():  # never block the loop on it: a loop task may hold it
             stats = runtime.runner.scheduler.statistics()
         by_id = {v.vgpu_id: v for v in gpu.vgpus()}
         total_weight = sum(v.weight for v in stats.vgpus) or 1
