@@ -50,16 +50,16 @@ class VendorServiceServicer(object):
     def CreateInstance(self, request, context):
         """The driver's create/probe: reserves GPU resources and builds the vGPU device model.
         Errors: RESOURCE_EXHAUSTED (LOW_GM_EXHAUSTED, HIGH_GM_EXHAUSTED, FENCE_EXHAUSTED,
-        VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED), FAILED_PRECONDITION
-        (TYPE_MISMATCH on homogeneous GPUs), INVALID_ARGUMENT (UNKNOWN_TYPE, ATTRIBUTE_REJECTED),
-        ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
+        VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED, and TYPE_MISMATCH (EUSERS) on
+        homogeneous GPUs that run another type), INVALID_ARGUMENT (UNKNOWN_TYPE, UUID_INVALID),
+        NOT_FOUND (PARENT_NOT_FOUND), ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveInstance(self, request, context):
-        """The driver's remove: frees the resources. Errors: NOT_FOUND (UNKNOWN_VGPU),
+        """The driver's remove: frees the resources. Errors: NOT_FOUND (DEVICE_NOT_FOUND),
         FAILED_PRECONDITION (VGPU_OPEN: release it first).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -69,7 +69,7 @@ class VendorServiceServicer(object):
     def OpenInstance(self, request, context):
         """open_device: attaches the vGPU to the owner's container in iommu_type2, registers for unmap
         events, resets the device model and prepares its shared-memory channel.
-        Returns: the broker and token of the channel. Errors: NOT_FOUND (UNKNOWN_VGPU, container),
+        Returns: the broker and token of the channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND, container),
         UNAVAILABLE (VGPU_OPEN), iommu_type2 errors unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -78,7 +78,7 @@ class VendorServiceServicer(object):
 
     def ReleaseInstance(self, request, context):
         """close_device: stops scheduling, unpins everything, detaches from the container, closes the
-        channel. Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+        channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,7 +86,7 @@ class VendorServiceServicer(object):
 
     def GetAvailableInstances(self, request, context):
         """get_available: Returns the live available_instances of a type on a parent.
-        Errors: NOT_FOUND (UNKNOWN_PARENT), INVALID_ARGUMENT (UNKNOWN_TYPE).
+        Errors: NOT_FOUND (PARENT_NOT_FOUND), INVALID_ARGUMENT (UNKNOWN_TYPE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,14 +286,14 @@ class GfxHostServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListVgpus(self, request, context):
-        """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (UNKNOWN_PARENT).
+        """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (PARENT_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVgpu(self, request, context):
-        """Returns: one vGPU. Errors: NOT_FOUND (UNKNOWN_VGPU).
+        """Returns: one vGPU. Errors: NOT_FOUND (DEVICE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,7 +301,7 @@ class GfxHostServiceServicer(object):
 
     def DescribeDevice(self, request, context):
         """VFIO_DEVICE_GET_INFO / GET_REGION_INFO / GET_IRQ_INFO in one: the device's regions and IRQs.
-        Errors: NOT_FOUND (UNKNOWN_VGPU).
+        Errors: NOT_FOUND (DEVICE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -309,7 +309,7 @@ class GfxHostServiceServicer(object):
 
     def ResetVgpu(self, request, context):
         """VFIO_DEVICE_RESET (a device-model-level reset: GTT shadow, registers, failsafe cleared).
-        Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+        Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,7 +317,7 @@ class GfxHostServiceServicer(object):
 
     def QueryGfxPlane(self, request, context):
         """VFIO_DEVICE_QUERY_GFX_PLANE. Returns: the plane (zeroed when disabled) and its dmabuf id
-        (reused while the plane is unchanged). Errors: NOT_FOUND (UNKNOWN_VGPU), INVALID_ARGUMENT
+        (reused while the plane is unchanged). Errors: NOT_FOUND (DEVICE_NOT_FOUND), INVALID_ARGUMENT
         (plane type).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -326,7 +326,7 @@ class GfxHostServiceServicer(object):
 
     def GetFramebuffer(self, request, context):
         """VFIO_DEVICE_GET_GFX_DMABUF, as bytes: Returns the framebuffer of a dmabuf id.
-        Errors: NOT_FOUND (UNKNOWN_DMABUF: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
+        Errors: NOT_FOUND (DMABUF_NOT_FOUND: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -334,7 +334,7 @@ class GfxHostServiceServicer(object):
 
     def GetScheduler(self, request, context):
         """Returns: the arbiter of a parent: policy, tick, and per-vGPU weight, share and busy time.
-        Errors: NOT_FOUND (UNKNOWN_PARENT).
+        Errors: NOT_FOUND (PARENT_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -342,7 +342,7 @@ class GfxHostServiceServicer(object):
 
     def SetScheduler(self, request, context):
         """Changes the policy of a parent's arbiter, and optionally vGPU weights (1..16).
-        Errors: NOT_FOUND (UNKNOWN_PARENT, UNKNOWN_VGPU), INVALID_ARGUMENT (BAD_WEIGHT, policy).
+        Errors: NOT_FOUND (PARENT_NOT_FOUND, DEVICE_NOT_FOUND), INVALID_ARGUMENT (BAD_WEIGHT, policy).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -32,16 +32,16 @@ class VendorServiceStub:
     ]
     """The driver's create/probe: reserves GPU resources and builds the vGPU device model.
     Errors: RESOURCE_EXHAUSTED (LOW_GM_EXHAUSTED, HIGH_GM_EXHAUSTED, FENCE_EXHAUSTED,
-    VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED), FAILED_PRECONDITION
-    (TYPE_MISMATCH on homogeneous GPUs), INVALID_ARGUMENT (UNKNOWN_TYPE, ATTRIBUTE_REJECTED),
-    ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
+    VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED, and TYPE_MISMATCH (EUSERS) on
+    homogeneous GPUs that run another type), INVALID_ARGUMENT (UNKNOWN_TYPE, UUID_INVALID),
+    NOT_FOUND (PARENT_NOT_FOUND), ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
     """
 
     RemoveInstance: grpc.UnaryUnaryMultiCallable[
         vgpusim.gfx_host.v1.gfx_host_pb2.RemoveInstanceRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.RemoveInstanceResponse,
     ]
-    """The driver's remove: frees the resources. Errors: NOT_FOUND (UNKNOWN_VGPU),
+    """The driver's remove: frees the resources. Errors: NOT_FOUND (DEVICE_NOT_FOUND),
     FAILED_PRECONDITION (VGPU_OPEN: release it first).
     """
 
@@ -51,7 +51,7 @@ class VendorServiceStub:
     ]
     """open_device: attaches the vGPU to the owner's container in iommu_type2, registers for unmap
     events, resets the device model and prepares its shared-memory channel.
-    Returns: the broker and token of the channel. Errors: NOT_FOUND (UNKNOWN_VGPU, container),
+    Returns: the broker and token of the channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND, container),
     UNAVAILABLE (VGPU_OPEN), iommu_type2 errors unchanged.
     """
 
@@ -60,7 +60,7 @@ class VendorServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.ReleaseInstanceResponse,
     ]
     """close_device: stops scheduling, unpins everything, detaches from the container, closes the
-    channel. Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+    channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
     """
 
     GetAvailableInstances: grpc.UnaryUnaryMultiCallable[
@@ -68,7 +68,7 @@ class VendorServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.GetAvailableInstancesResponse,
     ]
     """get_available: Returns the live available_instances of a type on a parent.
-    Errors: NOT_FOUND (UNKNOWN_PARENT), INVALID_ARGUMENT (UNKNOWN_TYPE).
+    Errors: NOT_FOUND (PARENT_NOT_FOUND), INVALID_ARGUMENT (UNKNOWN_TYPE).
     """
 
 class VendorServiceAsyncStub:
@@ -80,16 +80,16 @@ class VendorServiceAsyncStub:
     ]
     """The driver's create/probe: reserves GPU resources and builds the vGPU device model.
     Errors: RESOURCE_EXHAUSTED (LOW_GM_EXHAUSTED, HIGH_GM_EXHAUSTED, FENCE_EXHAUSTED,
-    VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED), FAILED_PRECONDITION
-    (TYPE_MISMATCH on homogeneous GPUs), INVALID_ARGUMENT (UNKNOWN_TYPE, ATTRIBUTE_REJECTED),
-    ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
+    VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED, and TYPE_MISMATCH (EUSERS) on
+    homogeneous GPUs that run another type), INVALID_ARGUMENT (UNKNOWN_TYPE, UUID_INVALID),
+    NOT_FOUND (PARENT_NOT_FOUND), ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
     """
 
     RemoveInstance: grpc.aio.UnaryUnaryMultiCallable[
         vgpusim.gfx_host.v1.gfx_host_pb2.RemoveInstanceRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.RemoveInstanceResponse,
     ]
-    """The driver's remove: frees the resources. Errors: NOT_FOUND (UNKNOWN_VGPU),
+    """The driver's remove: frees the resources. Errors: NOT_FOUND (DEVICE_NOT_FOUND),
     FAILED_PRECONDITION (VGPU_OPEN: release it first).
     """
 
@@ -99,7 +99,7 @@ class VendorServiceAsyncStub:
     ]
     """open_device: attaches the vGPU to the owner's container in iommu_type2, registers for unmap
     events, resets the device model and prepares its shared-memory channel.
-    Returns: the broker and token of the channel. Errors: NOT_FOUND (UNKNOWN_VGPU, container),
+    Returns: the broker and token of the channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND, container),
     UNAVAILABLE (VGPU_OPEN), iommu_type2 errors unchanged.
     """
 
@@ -108,7 +108,7 @@ class VendorServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.ReleaseInstanceResponse,
     ]
     """close_device: stops scheduling, unpins everything, detaches from the container, closes the
-    channel. Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+    channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
     """
 
     GetAvailableInstances: grpc.aio.UnaryUnaryMultiCallable[
@@ -116,7 +116,7 @@ class VendorServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.GetAvailableInstancesResponse,
     ]
     """get_available: Returns the live available_instances of a type on a parent.
-    Errors: NOT_FOUND (UNKNOWN_PARENT), INVALID_ARGUMENT (UNKNOWN_TYPE).
+    Errors: NOT_FOUND (PARENT_NOT_FOUND), INVALID_ARGUMENT (UNKNOWN_TYPE).
     """
 
 class VendorServiceServicer(metaclass=abc.ABCMeta):
@@ -130,9 +130,9 @@ class VendorServiceServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.CreateInstanceResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.CreateInstanceResponse]]:
         """The driver's create/probe: reserves GPU resources and builds the vGPU device model.
         Errors: RESOURCE_EXHAUSTED (LOW_GM_EXHAUSTED, HIGH_GM_EXHAUSTED, FENCE_EXHAUSTED,
-        VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED), FAILED_PRECONDITION
-        (TYPE_MISMATCH on homogeneous GPUs), INVALID_ARGUMENT (UNKNOWN_TYPE, ATTRIBUTE_REJECTED),
-        ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
+        VGPU_ID_EXHAUSTED, FRAMEBUFFER_EXHAUSTED, APERTURE_FRAGMENTED, and TYPE_MISMATCH (EUSERS) on
+        homogeneous GPUs that run another type), INVALID_ARGUMENT (UNKNOWN_TYPE, UUID_INVALID),
+        NOT_FOUND (PARENT_NOT_FOUND), ALREADY_EXISTS (UUID_IN_USE). Returns: the vGPU.
         """
 
     @abc.abstractmethod
@@ -141,7 +141,7 @@ class VendorServiceServicer(metaclass=abc.ABCMeta):
         request: vgpusim.gfx_host.v1.gfx_host_pb2.RemoveInstanceRequest,
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.RemoveInstanceResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.RemoveInstanceResponse]]:
-        """The driver's remove: frees the resources. Errors: NOT_FOUND (UNKNOWN_VGPU),
+        """The driver's remove: frees the resources. Errors: NOT_FOUND (DEVICE_NOT_FOUND),
         FAILED_PRECONDITION (VGPU_OPEN: release it first).
         """
 
@@ -153,7 +153,7 @@ class VendorServiceServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.OpenInstanceResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.OpenInstanceResponse]]:
         """open_device: attaches the vGPU to the owner's container in iommu_type2, registers for unmap
         events, resets the device model and prepares its shared-memory channel.
-        Returns: the broker and token of the channel. Errors: NOT_FOUND (UNKNOWN_VGPU, container),
+        Returns: the broker and token of the channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND, container),
         UNAVAILABLE (VGPU_OPEN), iommu_type2 errors unchanged.
         """
 
@@ -164,7 +164,7 @@ class VendorServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.ReleaseInstanceResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.ReleaseInstanceResponse]]:
         """close_device: stops scheduling, unpins everything, detaches from the container, closes the
-        channel. Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+        channel. Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
         """
 
     @abc.abstractmethod
@@ -174,7 +174,7 @@ class VendorServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.GetAvailableInstancesResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.GetAvailableInstancesResponse]]:
         """get_available: Returns the live available_instances of a type on a parent.
-        Errors: NOT_FOUND (UNKNOWN_PARENT), INVALID_ARGUMENT (UNKNOWN_TYPE).
+        Errors: NOT_FOUND (PARENT_NOT_FOUND), INVALID_ARGUMENT (UNKNOWN_TYPE).
         """
 
 def add_VendorServiceServicer_to_server(servicer: VendorServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
@@ -193,20 +193,20 @@ class GfxHostServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.ListVgpusRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.ListVgpusResponse,
     ]
-    """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (UNKNOWN_PARENT)."""
+    """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (PARENT_NOT_FOUND)."""
 
     GetVgpu: grpc.UnaryUnaryMultiCallable[
         vgpusim.gfx_host.v1.gfx_host_pb2.GetVgpuRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.GetVgpuResponse,
     ]
-    """Returns: one vGPU. Errors: NOT_FOUND (UNKNOWN_VGPU)."""
+    """Returns: one vGPU. Errors: NOT_FOUND (DEVICE_NOT_FOUND)."""
 
     DescribeDevice: grpc.UnaryUnaryMultiCallable[
         vgpusim.gfx_host.v1.gfx_host_pb2.DescribeDeviceRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.DescribeDeviceResponse,
     ]
     """VFIO_DEVICE_GET_INFO / GET_REGION_INFO / GET_IRQ_INFO in one: the device's regions and IRQs.
-    Errors: NOT_FOUND (UNKNOWN_VGPU).
+    Errors: NOT_FOUND (DEVICE_NOT_FOUND).
     """
 
     ResetVgpu: grpc.UnaryUnaryMultiCallable[
@@ -214,7 +214,7 @@ class GfxHostServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.ResetVgpuResponse,
     ]
     """VFIO_DEVICE_RESET (a device-model-level reset: GTT shadow, registers, failsafe cleared).
-    Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+    Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
     """
 
     QueryGfxPlane: grpc.UnaryUnaryMultiCallable[
@@ -222,7 +222,7 @@ class GfxHostServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.QueryGfxPlaneResponse,
     ]
     """VFIO_DEVICE_QUERY_GFX_PLANE. Returns: the plane (zeroed when disabled) and its dmabuf id
-    (reused while the plane is unchanged). Errors: NOT_FOUND (UNKNOWN_VGPU), INVALID_ARGUMENT
+    (reused while the plane is unchanged). Errors: NOT_FOUND (DEVICE_NOT_FOUND), INVALID_ARGUMENT
     (plane type).
     """
 
@@ -231,7 +231,7 @@ class GfxHostServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.GetFramebufferResponse,
     ]
     """VFIO_DEVICE_GET_GFX_DMABUF, as bytes: Returns the framebuffer of a dmabuf id.
-    Errors: NOT_FOUND (UNKNOWN_DMABUF: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
+    Errors: NOT_FOUND (DMABUF_NOT_FOUND: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
     """
 
     GetScheduler: grpc.UnaryUnaryMultiCallable[
@@ -239,7 +239,7 @@ class GfxHostServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.GetSchedulerResponse,
     ]
     """Returns: the arbiter of a parent: policy, tick, and per-vGPU weight, share and busy time.
-    Errors: NOT_FOUND (UNKNOWN_PARENT).
+    Errors: NOT_FOUND (PARENT_NOT_FOUND).
     """
 
     SetScheduler: grpc.UnaryUnaryMultiCallable[
@@ -247,7 +247,7 @@ class GfxHostServiceStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.SetSchedulerResponse,
     ]
     """Changes the policy of a parent's arbiter, and optionally vGPU weights (1..16).
-    Errors: NOT_FOUND (UNKNOWN_PARENT, UNKNOWN_VGPU), INVALID_ARGUMENT (BAD_WEIGHT, policy).
+    Errors: NOT_FOUND (PARENT_NOT_FOUND, DEVICE_NOT_FOUND), INVALID_ARGUMENT (BAD_WEIGHT, policy).
     """
 
 class GfxHostServiceAsyncStub:
@@ -263,20 +263,20 @@ class GfxHostServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.ListVgpusRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.ListVgpusResponse,
     ]
-    """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (UNKNOWN_PARENT)."""
+    """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (PARENT_NOT_FOUND)."""
 
     GetVgpu: grpc.aio.UnaryUnaryMultiCallable[
         vgpusim.gfx_host.v1.gfx_host_pb2.GetVgpuRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.GetVgpuResponse,
     ]
-    """Returns: one vGPU. Errors: NOT_FOUND (UNKNOWN_VGPU)."""
+    """Returns: one vGPU. Errors: NOT_FOUND (DEVICE_NOT_FOUND)."""
 
     DescribeDevice: grpc.aio.UnaryUnaryMultiCallable[
         vgpusim.gfx_host.v1.gfx_host_pb2.DescribeDeviceRequest,
         vgpusim.gfx_host.v1.gfx_host_pb2.DescribeDeviceResponse,
     ]
     """VFIO_DEVICE_GET_INFO / GET_REGION_INFO / GET_IRQ_INFO in one: the device's regions and IRQs.
-    Errors: NOT_FOUND (UNKNOWN_VGPU).
+    Errors: NOT_FOUND (DEVICE_NOT_FOUND).
     """
 
     ResetVgpu: grpc.aio.UnaryUnaryMultiCallable[
@@ -284,7 +284,7 @@ class GfxHostServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.ResetVgpuResponse,
     ]
     """VFIO_DEVICE_RESET (a device-model-level reset: GTT shadow, registers, failsafe cleared).
-    Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+    Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
     """
 
     QueryGfxPlane: grpc.aio.UnaryUnaryMultiCallable[
@@ -292,7 +292,7 @@ class GfxHostServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.QueryGfxPlaneResponse,
     ]
     """VFIO_DEVICE_QUERY_GFX_PLANE. Returns: the plane (zeroed when disabled) and its dmabuf id
-    (reused while the plane is unchanged). Errors: NOT_FOUND (UNKNOWN_VGPU), INVALID_ARGUMENT
+    (reused while the plane is unchanged). Errors: NOT_FOUND (DEVICE_NOT_FOUND), INVALID_ARGUMENT
     (plane type).
     """
 
@@ -301,7 +301,7 @@ class GfxHostServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.GetFramebufferResponse,
     ]
     """VFIO_DEVICE_GET_GFX_DMABUF, as bytes: Returns the framebuffer of a dmabuf id.
-    Errors: NOT_FOUND (UNKNOWN_DMABUF: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
+    Errors: NOT_FOUND (DMABUF_NOT_FOUND: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
     """
 
     GetScheduler: grpc.aio.UnaryUnaryMultiCallable[
@@ -309,7 +309,7 @@ class GfxHostServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.GetSchedulerResponse,
     ]
     """Returns: the arbiter of a parent: policy, tick, and per-vGPU weight, share and busy time.
-    Errors: NOT_FOUND (UNKNOWN_PARENT).
+    Errors: NOT_FOUND (PARENT_NOT_FOUND).
     """
 
     SetScheduler: grpc.aio.UnaryUnaryMultiCallable[
@@ -317,7 +317,7 @@ class GfxHostServiceAsyncStub:
         vgpusim.gfx_host.v1.gfx_host_pb2.SetSchedulerResponse,
     ]
     """Changes the policy of a parent's arbiter, and optionally vGPU weights (1..16).
-    Errors: NOT_FOUND (UNKNOWN_PARENT, UNKNOWN_VGPU), INVALID_ARGUMENT (BAD_WEIGHT, policy).
+    Errors: NOT_FOUND (PARENT_NOT_FOUND, DEVICE_NOT_FOUND), INVALID_ARGUMENT (BAD_WEIGHT, policy).
     """
 
 class GfxHostServiceServicer(metaclass=abc.ABCMeta):
@@ -337,7 +337,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         request: vgpusim.gfx_host.v1.gfx_host_pb2.ListVgpusRequest,
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.ListVgpusResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.ListVgpusResponse]]:
-        """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (UNKNOWN_PARENT)."""
+        """Returns: the vGPUs (optionally of one parent). Errors: NOT_FOUND (PARENT_NOT_FOUND)."""
 
     @abc.abstractmethod
     def GetVgpu(
@@ -345,7 +345,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         request: vgpusim.gfx_host.v1.gfx_host_pb2.GetVgpuRequest,
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.GetVgpuResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.GetVgpuResponse]]:
-        """Returns: one vGPU. Errors: NOT_FOUND (UNKNOWN_VGPU)."""
+        """Returns: one vGPU. Errors: NOT_FOUND (DEVICE_NOT_FOUND)."""
 
     @abc.abstractmethod
     def DescribeDevice(
@@ -354,7 +354,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.DescribeDeviceResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.DescribeDeviceResponse]]:
         """VFIO_DEVICE_GET_INFO / GET_REGION_INFO / GET_IRQ_INFO in one: the device's regions and IRQs.
-        Errors: NOT_FOUND (UNKNOWN_VGPU).
+        Errors: NOT_FOUND (DEVICE_NOT_FOUND).
         """
 
     @abc.abstractmethod
@@ -364,7 +364,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.ResetVgpuResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.ResetVgpuResponse]]:
         """VFIO_DEVICE_RESET (a device-model-level reset: GTT shadow, registers, failsafe cleared).
-        Errors: NOT_FOUND (UNKNOWN_VGPU), FAILED_PRECONDITION (NOT_OPEN).
+        Errors: NOT_FOUND (DEVICE_NOT_FOUND), FAILED_PRECONDITION (NOT_OPEN).
         """
 
     @abc.abstractmethod
@@ -374,7 +374,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.QueryGfxPlaneResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.QueryGfxPlaneResponse]]:
         """VFIO_DEVICE_QUERY_GFX_PLANE. Returns: the plane (zeroed when disabled) and its dmabuf id
-        (reused while the plane is unchanged). Errors: NOT_FOUND (UNKNOWN_VGPU), INVALID_ARGUMENT
+        (reused while the plane is unchanged). Errors: NOT_FOUND (DEVICE_NOT_FOUND), INVALID_ARGUMENT
         (plane type).
         """
 
@@ -385,7 +385,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.GetFramebufferResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.GetFramebufferResponse]]:
         """VFIO_DEVICE_GET_GFX_DMABUF, as bytes: Returns the framebuffer of a dmabuf id.
-        Errors: NOT_FOUND (UNKNOWN_DMABUF: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
+        Errors: NOT_FOUND (DMABUF_NOT_FOUND: ENOENT), INVALID_ARGUMENT (DMA_FAULT).
         """
 
     @abc.abstractmethod
@@ -395,7 +395,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.GetSchedulerResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.GetSchedulerResponse]]:
         """Returns: the arbiter of a parent: policy, tick, and per-vGPU weight, share and busy time.
-        Errors: NOT_FOUND (UNKNOWN_PARENT).
+        Errors: NOT_FOUND (PARENT_NOT_FOUND).
         """
 
     @abc.abstractmethod
@@ -405,7 +405,7 @@ class GfxHostServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[vgpusim.gfx_host.v1.gfx_host_pb2.SetSchedulerResponse, collections.abc.Awaitable[vgpusim.gfx_host.v1.gfx_host_pb2.SetSchedulerResponse]]:
         """Changes the policy of a parent's arbiter, and optionally vGPU weights (1..16).
-        Errors: NOT_FOUND (UNKNOWN_PARENT, UNKNOWN_VGPU), INVALID_ARGUMENT (BAD_WEIGHT, policy).
+        Errors: NOT_FOUND (PARENT_NOT_FOUND, DEVICE_NOT_FOUND), INVALID_ARGUMENT (BAD_WEIGHT, policy).
         """
 
 def add_GfxHostServiceServicer_to_server(servicer: GfxHostServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
