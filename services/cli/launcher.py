@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     down = sub.add_parser("down", help="stop the stack and remove its sockets and segments")
     common(down)
+    sysfs_exec = sub.add_parser(
+        "sysfs-exec",
+        help="run a command (mdevctl, lsmdev) with the stack's sysfs view bound over /sys and /etc/mdevctl.d",
+    )
+    common(sysfs_exec)
+    sysfs_exec.add_argument(
+        "cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command and its arguments"
+    )
     demo = sub.add_parser("demo", help="run the end-to-end demo on a private stack")
     demo.add_argument("--keep-state", action="store_true", help="keep the demo's state dir")
     bench = sub.add_parser("bench", help="measure the performance figures on a private stack")
@@ -223,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(st["state"] == "serving" for st in status.values()) else 1
     if args.command == "down":
         return _down(paths)
+    if args.command == "sysfs-exec":
+        from vgpusim.cli.sysfs_exec import run_sysfs_exec
+
+        return run_sysfs_exec(paths, args.cmd)
     return 2
 
 

@@ -106,7 +106,7 @@ class Supervisor:
         if self.config is not None:
             argv += ["--config", str(self.config)]
         if self.sysfs and name == "vgpu_bus":
-            argv += ["--sysfs", "true"]
+            argv.append("--sysfs")
         return argv
 
     async def wait_serving(self, svc: ManagedService, timeout: float = START_TIMEOUT_S) -> None:
