@@ -15,8 +15,10 @@
 Glossary:
 - spin load (fairness): :data:`SPIN_WORKLOAD` with :data:`SPIN_PARAMS`: the built-in ``hang``
   workload with a spin far below the host watchdog and no end, i.e. a guest that keeps asking for
-  2 ms of GPU time (then a store it verifies), one request at a time, until StopGuest.  GPU time,
-  not the guests' CPU, is what the arbiter shares, so the load is GPU-bound.
+  2 ms of GPU time (each request ending with a store it verifies), two requests queued at a time
+  (``depth``: the next is queued while the guest handles a completion, so its vGPU never runs
+  dry), until StopGuest.  GPU time, not the guests' CPU, is what the arbiter shares, so the load
+  is GPU-bound.
 - busy load (scale): :data:`BUSY_WORKLOAD` with :data:`BUSY_PARAMS`: ``compute`` over 4 KiB
   (3 commands per submission, each result verified), as fast as the guest can: the per-command
   cost of the whole stack (traps, doorbells, audit, execution, MSIs) is what is measured.
@@ -54,7 +56,7 @@ __all__ = [
 
 FAIR_WEIGHTS = (2, 4, 8, 16, 2, 4, 8)
 SPIN_WORKLOAD = frontend_pb.WORKLOAD_HANG
-SPIN_PARAMS = {"spin_us": "2000", "timeout_ms": "1000", "iterations": "0"}
+SPIN_PARAMS = {"spin_us": "2000", "timeout_ms": "1000", "iterations": "0", "depth": "2"}
 BUSY_WORKLOAD = frontend_pb.WORKLOAD_COMPUTE
 BUSY_PARAMS = {"bytes": "4096", "iterations": "0"}
 VM_EVERY = 10

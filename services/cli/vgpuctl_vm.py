@@ -9,7 +9,7 @@ Glossary:
 - VM id: the frontend's identifier of a VM (``vm_id``), as printed by ``vm create``/``vm list``.
 - size: a byte count with an optional binary suffix: ``512M``, ``1G``, ``2MiB``, ``1048576``.
 - workload: ``smoke`` (one batch, one interrupt), ``render``, ``copy``, ``compute``, ``idle``,
-  ``hang``, ``hostile``; ``--param KEY=VALUE`` passes workload parameters (``frames``...).
+  ``hang``, ``hostile``, ``latency``; ``--param KEY=VALUE`` passes workload parameters (``frames``...).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ WORKLOADS: dict[str, frontend_pb.Workload.ValueType] = {
     "idle": frontend_pb.WORKLOAD_IDLE,
     "hang": frontend_pb.WORKLOAD_HANG,
     "hostile": frontend_pb.WORKLOAD_HOSTILE,
+    "latency": frontend_pb.WORKLOAD_LATENCY,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$")
 _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
@@ -77,6 +78,16 @@ def _status_text(status: frontend_pb.GuestStatus) -> str:
         f"resets: {status.resets}",
         f"first irq latency: {status.first_irq_latency_us:.1f} us",
     ]
+    latencies = (
+        ("doorbell -> irq", status.irq_roundtrip_us, status.HasField("irq_roundtrip_us")),
+        ("register read", status.mmio_read_us, status.HasField("mmio_read_us")),
+    )
+    for label, s, present in latencies:
+        if present:
+            lines.append(
+                f"{label}: p50 {s.p50:.1f} us, p90 {s.p90:.1f} us, p99 {s.p99:.1f} us, "
+                f"max {s.max:.1f} us ({s.count} samples)"
+            )
     if status.error:
         lines.append(f"error: {status.error}")
     return "".join(f"{line}\n" for line in lines)

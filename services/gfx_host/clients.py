@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -161,24 +162,34 @@ class SegmentCache:
     A VM's RAM segment is unlinked when the VM is destroyed, but our mapping would keep its memory
     (and a file descriptor) alive: whenever a segment not seen before is opened, cached segments
     whose file is gone are closed (:meth:`prune`), so a host that runs VM after VM stays flat.
+    Thread-safe: the trap threads of several vGPUs and the event loop use it at once; the hit path
+    (a segment already open) takes no lock.
     """
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._open: dict[str, Segment] = {}
         self._identity: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
 
     def view(self, segment: str) -> memoryview:
         seg = self._open.get(segment)
         if seg is None or seg.closed:
-            self.prune()
-            seg = Segment.open(self._directory, segment)
-            st = os.stat(seg.path)
-            self._open[segment], self._identity[segment] = seg, (st.st_ino, st.st_dev)
+            with self._lock:
+                seg = self._open.get(segment)
+                if seg is None or seg.closed:
+                    self._prune_locked()
+                    seg = Segment.open(self._directory, segment)
+                    st = os.stat(seg.path)
+                    self._open[segment], self._identity[segment] = seg, (st.st_ino, st.st_dev)
         return seg.buf
 
     def prune(self) -> int:
         """Close the cached segments whose file was unlinked; return how many were closed."""
+        with self._lock:
+            return self._prune_locked()
+
+    def _prune_locked(self) -> int:
         closed = 0
         for name, seg in list(self._open.items()):
             try:
@@ -201,9 +212,11 @@ class SegmentCache:
         return True
 
     def forget(self, segment: str) -> None:
-        if segment in self._open:
-            self._close(segment)
+        with self._lock:
+            if segment in self._open:
+                self._close(segment)
 
     def close(self) -> None:
-        for name in list(self._open):
-            self._close(name)
+        with self._lock:
+            for name in list(self._open):
+                self._close(name)

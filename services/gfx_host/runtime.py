@@ -7,6 +7,15 @@ Threads (the asyncio loop stays on the control path only):
 - **trap thread** (:class:`DeviceRuntime`): consumes the device channel's ``trap`` ring, runs
   the access against the device model, answers reads, and turns write effects into work:
   doorbells are audited and queued on the runner, GDRST flushes, interrupts go to the ``irq`` ring.
+  Between traps it spins (``fastpath.AdaptiveSpin``, yielding, up to :data:`TRAP_SPIN_US`)
+  before sleeping on the ring's eventfd.
+
+After queueing a doorbell's workload the trap thread steps the runner itself
+(:meth:`ParentRuntime.run_inline`): a free engine starts the workload at once and a completion
+due within :data:`INLINE_WAIT_US` is waited for there, so an idle GPU answers a doorbell with no
+thread hand-off.  The GPU thread is woken only if the runner's next event (a later completion,
+the next scheduler tick) comes before the time it already sleeps until; it still owns every
+event that is not imminent.
 
 Locking: ``ParentRuntime.lock`` guards the runner and every device model of the parent; it is held
 while a trap is handled, a workload runs, or the loop changes the GTT shadow (pins, unmap
@@ -24,12 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
 from vgpusim.common.errors import TimedOut, VgpusimError
-from vgpusim.common.fastpath import OP_READ, HostPort, Trap, status_of
+from vgpusim.common.fastpath import OP_READ, AdaptiveSpin, HostPort, Trap, status_of
 from vgpusim.common.logs import get_logger
 from vgpusim.common.shm.errors import PeerGone
 from vgpusim.gfx_host.core import registers as r
@@ -44,7 +54,9 @@ from vgpusim.gfx_host.core.vgpu import REGION_BAR0, REGION_BAR2, REGION_CONFIG, 
 _log = get_logger("vgpusim.gfx_host.runtime")
 IRQ_INTX, IRQ_MSI = 0, 1
 SPIN_WAIT_S = 0.0002  # a next event closer than this is spun for, not slept for
+INLINE_WAIT_US = 200  # a trap thread waits this long at most for a completion it started
 TRAP_POLL_S = 0.05  # a trap thread with nothing to do re-checks this often whether it must stop
+TRAP_SPIN_US = 50.0  # longest spin (yielding, adaptive) of a trap thread for the next trap
 STOP_TIMEOUT_S = 5.0
 
 
@@ -58,6 +70,7 @@ class ParentRuntime:
         self.runner = EngineRunner(clock=self.clock, on_complete=self._on_complete, watchdog_us=watchdog_us)
         self.devices: dict[int, DeviceRuntime] = {}
         self._wake = threading.Event()
+        self._wake_at: int | None = None  # the GPU thread's next step (clock us), None: a kick's
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"gpu-{gpu.parent}", daemon=True)
 
@@ -87,6 +100,33 @@ class ParentRuntime:
         finally:
             self.lock.release()
 
+    def run_inline(self, done: Callable[[], bool]) -> None:
+        """Step the runner on the calling thread after a submission (see the module docstring).
+
+        Steps again while ``done()`` is false and the next event is at most
+        :data:`INLINE_WAIT_US` after the first step (the workload just started completes then),
+        taking :attr:`lock` per step; then wakes the GPU thread if it would sleep past the next
+        event.  Must be called without :attr:`lock` held.
+        """
+        limit = self.clock.now_us() + INLINE_WAIT_US
+        runner = self.runner
+        while True:
+            with self.lock:
+                try:
+                    next_us = runner.step()
+                except Exception:  # a broken invariant: leave it to the GPU thread, which logs it
+                    next_us, wake_at, again = 0, None, False
+                else:
+                    if next_us is None:
+                        return
+                    wake_at = self._wake_at
+                    again = not done() and next_us <= limit
+            if not again:
+                break
+            os.sched_yield()  # the completion is microseconds away: let other threads run meanwhile
+        if wake_at is None or next_us < wake_at:
+            self._wake.set()
+
     def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
@@ -96,12 +136,15 @@ class ParentRuntime:
                 except Exception:  # a broken invariant: log loudly, keep the GPU thread alive
                     _log.exception("engine runner failed", extra={"parent": self.gpu.parent})
                     next_us = None
+                self._wake_at = next_us
             if next_us is None:
                 self._wake.wait()
                 continue
             delay = (next_us - self.clock.now_us()) / 1e6
             if delay > SPIN_WAIT_S:
                 self._wake.wait(delay - SPIN_WAIT_S / 2)
+            else:  # spinning for an imminent event: let the trap threads have the GIL meanwhile
+                os.sched_yield()
 
     def _on_complete(self, vgpu_id: int, completion: Completion) -> None:
         device = self.devices.get(vgpu_id)
@@ -168,10 +211,14 @@ class DeviceRuntime:
 
     def _serve(self) -> None:
         traps = self.port.traps
+        spin = AdaptiveSpin(TRAP_SPIN_US)
         try:
             while not self._closing:
+                ring = traps.ring  # a closed channel's stand-in raises WrongState
+                if not ring.has_data():  # a guest's next access often follows closely
+                    spin.spin(ring.has_data)
                 try:  # bounded: nothing but a trap or the frontend's exit would wake it otherwise
-                    traps.wait_readable(timeout=TRAP_POLL_S)
+                    traps.wait_readable(timeout=TRAP_POLL_S, spin_us=0)
                 except TimedOut:
                     continue
                 for trap in self.port.next_traps():
@@ -251,7 +298,8 @@ class DeviceRuntime:
 
     def _doorbell(self, engine: Engine) -> None:
         vgpu = self.vgpu
-        with self.parent.lock:
+        parent = self.parent
+        with parent.lock:
             if vgpu.failsafe is not None:
                 return
             ring = vgpu.regs.ring(engine)
@@ -274,7 +322,8 @@ class DeviceRuntime:
                 _log.info("workload not queued: %s", exc, extra={"vgpu": vgpu.uuid})
                 return
             self.submitted[engine] = ring.tail
-        self.parent.kick()
+            before = self.workloads
+        parent.run_inline(lambda: self.workloads != before)
 
     # ---- completions (GPU thread, parent lock held) ------------------------------------------
 

@@ -45,6 +45,13 @@ __all__ = ["DOORBELL_OFFSETS", "AttachedDevice", "CountingPort", "attach_device"
 _log = get_logger("vgpusim.qemu_frontend.devices")
 REGION_BAR0 = 0
 DOORBELL_OFFSETS: frozenset[int] = frozenset({0x02014, 0x12014, 0x22014})
+# every (offset, size) of a BAR0 access whose bytes include a ring tail register's first byte
+_DOORBELL_ACCESSES: frozenset[tuple[int, int]] = frozenset(
+    (offset, size)
+    for tail in DOORBELL_OFFSETS
+    for size in (1, 2, 4, 8)
+    for offset in range(tail - size + 1, tail + 1)
+)
 
 
 class CountingPort:
@@ -62,7 +69,7 @@ class CountingPort:
 
     def write(self, region: int, offset: int, size: int, value: int) -> None:
         self._writes.inc()
-        if region == REGION_BAR0 and any(offset <= tail < offset + size for tail in DOORBELL_OFFSETS):
+        if region == REGION_BAR0 and (offset, size) in _DOORBELL_ACCESSES:
             self._doorbells.inc()
         self._port.write(region, offset, size, value)
 
@@ -127,6 +134,7 @@ class AttachedDevice:
         self.dispatcher = IrqDispatcher(
             self.channel, sock, self.irqs, metrics, name=f"irq-{uuid[:8]}", on_lost=on_lost
         )
+        self.guest_irqs.use_poll(self.dispatcher.poll_for_guest)  # the guest's interrupt fast path
 
     def _not_attached(self) -> NotFound:
         return NotFound(

@@ -27,6 +27,7 @@ from vgpusim.qemu_frontend.clients import Plane
 from vgpusim.qemu_frontend.core.irqs import irq_info
 from vgpusim.qemu_frontend.core.regions import read_region, write_region
 from vgpusim.qemu_frontend.frontend import Frontend
+from vgpusim.qemu_frontend.guest.stats import LatencySummary
 from vgpusim.qemu_frontend.vcpu import GuestState, GuestStatus, Workload
 from vgpusim.qemu_frontend.vm import VmInfo
 
@@ -40,6 +41,7 @@ _WORKLOAD_PB: dict[Workload, pb.Workload.ValueType] = {
     Workload.IDLE: pb.WORKLOAD_IDLE,
     Workload.HANG: pb.WORKLOAD_HANG,
     Workload.HOSTILE: pb.WORKLOAD_HOSTILE,
+    Workload.LATENCY: pb.WORKLOAD_LATENCY,
 }
 _WORKLOADS: dict[int, Workload] = {int(v): k for k, v in _WORKLOAD_PB.items()}
 _STATE_PB = {
@@ -70,6 +72,15 @@ def vm_pb(vm: VmInfo) -> pb.Vm:
     )
 
 
+def latency_pb(summary: LatencySummary | None) -> pb.LatencySummary | None:
+    """The proto of a latency summary (None stays None: the field is left unset)."""
+    if summary is None:
+        return None
+    return pb.LatencySummary(
+        count=summary.count, p50=summary.p50, p90=summary.p90, p99=summary.p99, max=summary.max
+    )
+
+
 def guest_pb(status: GuestStatus) -> pb.GuestStatus:
     return pb.GuestStatus(
         state=_STATE_PB[status.state],
@@ -82,6 +93,8 @@ def guest_pb(status: GuestStatus) -> pb.GuestStatus:
         resets=status.resets,
         first_irq_latency_us=status.first_irq_latency_us,
         error=status.error,
+        irq_roundtrip_us=latency_pb(status.irq_roundtrip_us),
+        mmio_read_us=latency_pb(status.mmio_read_us),
     )
 
 

@@ -29,6 +29,7 @@ from typing import Protocol
 from vgpusim.common.errors import VgpusimError, WrongState
 from vgpusim.common.logs import get_logger
 from vgpusim.qemu_frontend.guest.env import GuestEnv
+from vgpusim.qemu_frontend.guest.stats import LatencySummary
 
 __all__ = [
     "GuestLauncher",
@@ -53,6 +54,7 @@ class Workload(enum.Enum):
     IDLE = "idle"
     HANG = "hang"
     HOSTILE = "hostile"
+    LATENCY = "latency"
 
 
 class GuestState(enum.Enum):
@@ -78,6 +80,8 @@ class GuestStatus:
     resets: int = 0
     first_irq_latency_us: float = 0.0
     error: str = ""
+    irq_roundtrip_us: LatencySummary | None = None  # LATENCY only
+    mmio_read_us: LatencySummary | None = None  # LATENCY only
 
 
 class GuestProgram(Protocol):
@@ -133,6 +137,11 @@ def builtin_launcher(env: GuestEnv, workload: Workload, params: Mapping[str, str
 def _counter(stats: object, name: str) -> int:
     value = getattr(stats, name, 0)
     return int(value) if isinstance(value, int | float) else 0
+
+
+def _latency(stats: object, name: str) -> LatencySummary | None:
+    value = getattr(stats, name, None)
+    return value if isinstance(value, LatencySummary) else None
 
 
 class Vcpu:
@@ -202,4 +211,6 @@ class Vcpu:
             resets=_counter(counters, "resets"),
             first_irq_latency_us=float(latency) if isinstance(latency, int | float) else 0.0,
             error=self._error,
+            irq_roundtrip_us=_latency(counters, "irq_roundtrip_us"),
+            mmio_read_us=_latency(counters, "mmio_read_us"),
         )

@@ -43,3 +43,31 @@ def test_a_segment_in_use_is_kept_until_its_views_are_gone(shm_dir: Path) -> Non
     assert cache.prune() == 0
     held.release()
     assert cache.prune() == 1
+
+
+def test_many_threads_opening_and_pruning_at_once(shm_dir: Path) -> None:
+    """Trap threads of several vGPUs open segments while old ones are pruned (no KeyError)."""
+    import threading
+
+    cache = SegmentCache(shm_dir)
+    errors: list[BaseException] = []
+
+    def vm(i: int) -> None:
+        try:
+            for k in range(30):
+                with Segment.create(shm_dir, f"ram-{i}-{k}", 1 << 14) as ram:
+                    for _ in range(3):
+                        cache.view(ram.name)[0:1] = b"\x01"
+                    ram.unlink()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=vm, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    cache.prune()
+    assert cache._open == {}
+    cache.close()

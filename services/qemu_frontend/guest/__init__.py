@@ -16,6 +16,7 @@ the trap path, its own RAM, and interrupts.  One concept per module:
   hang (and the registry of all of them);
 - ``render``    the RENDER workload (animated frames, double-buffered flips);
 - ``hostile``   the HOSTILE workload (escape attempts and how they were contained);
+- ``latency``   the LATENCY workload (doorbell -> interrupt and register-read latencies);
 - ``testing``   ``SimulatedVgpu``: the real gfx_host device model and engine in process, for tests.
 
 Pure and synchronous: no asyncio (except inside ``testing``, to apply GTT updates), no grpc.

@@ -193,9 +193,11 @@ class GuestDriver:
 
     # ---- submission --------------------------------------------------------------------------
 
-    def submit(self, engine: Engine, commands: bytes) -> int:
+    def submit(self, engine: Engine, commands: bytes, *, ring_doorbell: bool = True) -> int:
         """Queue ``commands`` on ``engine`` followed by the completion; return its seqno.
 
+        With ``ring_doorbell=False`` the commands are only written into the ring: the caller
+        rings :meth:`doorbell` itself (the latency workload times that write alone).
         Errors: WrongState (NOT_RUNNING), InvalidArgument (not whole dwords), TooBig (longer than
         half the ring: use :meth:`submit_batch`), DeviceFailsafe (a needed reset did not take).
         """
@@ -217,7 +219,8 @@ class GuestDriver:
         ring.outstanding.append(seqno)
         ring.last_submitted = seqno
         self._owner[seqno] = engine
-        self.doorbell(engine)
+        if ring_doorbell:
+            self.doorbell(engine)
         self._cmds += count_commands(commands)
         return seqno
 
@@ -337,9 +340,17 @@ class GuestDriver:
     def _hung(self, ring: Ring) -> bool:
         return bool(self.read_reg(r.ring_reg(ring.engine, r.RING_STATUS)) & r.RING_STATUS_HUNG)
 
-    def _wait_irq(self, timeout: float) -> bool:
-        if not self.env.wait_irq(max(timeout, 0.0)):
-            return False
+    def sleep_for_interrupt(self, timeout: float) -> bool:
+        """Only sleep in ``env.wait_irq`` (up to ``timeout`` s): True once an interrupt arrived.
+
+        The interrupt is not serviced: call :meth:`service_interrupt` next (the latency workload
+        times the sleep alone).  :meth:`wait` and :meth:`wait_interrupt` do both.
+        """
+        return self.env.wait_irq(max(timeout, 0.0))
+
+    def service_interrupt(self) -> int:
+        """Count an interrupt that arrived and acknowledge it (``INT_STATUS`` read, ``INT_ACK``
+        write-1-to-clear); return the status bits."""
         self._irqs += 1
         if self._latency is None and self._first_doorbell is not None:
             self._latency = (self.env.clock.monotonic() - self._first_doorbell) * 1e6
@@ -348,6 +359,12 @@ class GuestDriver:
             self.write_reg(r.INT_ACK, status)
         self._flips += bool(status & r.INT_FLIP_DONE)
         self._errors += bool(status & self._irq_bits & 0xFF00)
+        return status
+
+    def _wait_irq(self, timeout: float) -> bool:
+        if not self.sleep_for_interrupt(timeout):
+            return False
+        self.service_interrupt()
         return True
 
     # ---- hangs and resets --------------------------------------------------------------------

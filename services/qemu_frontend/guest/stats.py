@@ -3,17 +3,21 @@
 The workload (vCPU thread) updates a :class:`WorkloadStats`; the frontend's gRPC handlers read
 :meth:`WorkloadStats.snapshot` at any time (``GetGuestStatus``).  The fields mirror the
 ``GuestStatus`` message of ``qemu_frontend.proto`` plus a few the proto may grow into
-(iterations, verified results, hostile attempts, failsafe, a short event log).
+(iterations, verified results, hostile attempts, failsafe, a short event log).  The latency
+workload adds :class:`LatencySummary` records (percentiles of its per-operation samples).
 
 Glossary:
 - verified: a GPU result the guest checked against the CPU's own computation.
 - contained: a hostile attempt whose effect the host refused or confined to the guest's mappings.
+- nearest rank: the ``q`` percentile of n sorted samples is the one at index ``min(n - 1, int(q * n))``
+  (what ``vgpusim bench`` uses for its baselines).
 """
 
 from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -33,6 +37,7 @@ class Workload(enum.StrEnum):
     IDLE = "idle"
     HANG = "hang"
     HOSTILE = "hostile"
+    LATENCY = "latency"
 
     @classmethod
     def parse(cls, name: str) -> Workload:
@@ -57,6 +62,30 @@ class GuestState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class LatencySummary:
+    """Nearest-rank percentiles of per-operation latencies, in microseconds (``count`` samples)."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of_ns(cls, samples_ns: Sequence[int]) -> LatencySummary:
+        """The summary of ``samples_ns`` (nanoseconds); all zero for no samples."""
+        if not samples_ns:
+            return cls(0, 0.0, 0.0, 0.0, 0.0)
+        ordered = sorted(samples_ns)
+        n = len(ordered)
+
+        def rank(q: float) -> float:
+            return ordered[min(n - 1, int(q * n))] / 1000
+
+        return cls(n, rank(0.5), rank(0.9), rank(0.99), ordered[-1] / 1000)
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadSnapshot:
     """A consistent copy of the counters of one workload run."""
 
@@ -76,6 +105,8 @@ class WorkloadSnapshot:
     hostile_contained: int = 0
     failsafe: bool = False  # the host stopped executing for this vGPU
     events: tuple[str, ...] = ()  # the last MAX_EVENTS notable events, oldest first
+    irq_roundtrip_us: LatencySummary | None = None  # latency: doorbell -> interrupt seen
+    mmio_read_us: LatencySummary | None = None  # latency: one trapped BAR0 register read
 
 
 class WorkloadStats:
@@ -134,6 +165,18 @@ class WorkloadStats:
         with self._lock:
             events = (*self._snap.events, event)[-MAX_EVENTS:]
             self._snap = replace(self._snap, events=events)
+
+    def set_latency(
+        self, *, irq_roundtrip: LatencySummary | None = None, mmio_read: LatencySummary | None = None
+    ) -> None:
+        """Publish latency summaries (None leaves a summary as it is)."""
+        with self._lock:
+            s = self._snap
+            self._snap = replace(
+                s,
+                irq_roundtrip_us=irq_roundtrip if irq_roundtrip is not None else s.irq_roundtrip_us,
+                mmio_read_us=mmio_read if mmio_read is not None else s.mmio_read_us,
+            )
 
     def mark_failsafe(self) -> None:
         with self._lock:

@@ -17,8 +17,11 @@ compute    ``COMPUTE`` CRC32 / SUM32 / XOR32 of ``bytes`` of random data, checke
            ``zlib.crc32`` and the CPU's sums (``bytes``=256 KiB, ``iterations``=0, ``op``=all)
 idle       initialise, then wait for the stop event
 hang       ``SPIN`` for ``spin_us`` (past the host watchdog), detect the hang within
-           ``timeout_ms``, reset the engine, prove it works again (``iterations``=1)
+           ``timeout_ms``, reset the engine, prove it works again (``iterations``=1); with
+           ``depth`` > 1 (default 1) a busy GPU load: see :func:`_spin_queue`
 hostile    escape attempts, each recorded as contained or not; see ``hostile``
+latency    doorbell -> interrupt and register-read latencies (``iterations``=1000 each,
+           ``engine``); see ``latency``
 =========  ====================================================================================
 
 Errors: a bad parameter raises ``InvalidArgument`` (BAD_WORKLOAD_PARAM) before the device is
@@ -28,6 +31,7 @@ a bug: it is recorded and re-raised.
 Glossary:
 - step: one request (or frame) and its verification.
 - scratch: the driver's small data buffer (result dwords).
+- depth: how many requests a workload keeps submitted and not yet retired.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import random
 import struct
 import threading
 import zlib
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import reduce
@@ -46,14 +51,16 @@ from typing import Final
 from vgpusim.common.errors import VgpusimError, WrongState
 from vgpusim.gfx_host.core.engine import commands as c
 from vgpusim.gfx_host.core.engine.commands import ComputeOp
+from vgpusim.gfx_host.core.registers import Engine
 from vgpusim.qemu_frontend.core.memory import PageAllocator
-from vgpusim.qemu_frontend.guest import hostile, render
+from vgpusim.qemu_frontend.guest import hostile, latency, render
 from vgpusim.qemu_frontend.guest.context import Params, ParamValue, WorkloadContext
 from vgpusim.qemu_frontend.guest.driver import DriverConfig, GuestDriver
 from vgpusim.qemu_frontend.guest.env import GuestEnv
 from vgpusim.qemu_frontend.guest.stats import Workload, WorkloadSnapshot, WorkloadStats
 
 MIB: Final = 1 << 20
+MAX_DEPTH: Final = 64
 MAX_SURFACE: Final = 36 * MIB  # the audit's max_surface_size
 COMPUTE_OPS: Final = {"crc32": ComputeOp.CRC32, "sum32": ComputeOp.SUM32, "xor32": ComputeOp.XOR32}
 
@@ -146,18 +153,68 @@ def _hang(ctx: WorkloadContext) -> None:
     engine = ctx.engine()
     spin_us = ctx.params.integer("spin_us", lo=1, hi=0xFFFF_FFFF)
     timeout = ctx.params.number("timeout_ms", lo=1.0) / 1000
+    depth = ctx.params.integer("depth", lo=1, hi=MAX_DEPTH)
     assert d.scratch is not None
+    if depth > 1:
+        _spin_queue(ctx, engine, spin_us, timeout, depth)
+        return
     for i in ctx.loop(ctx.params.integer("iterations")):
         if d.wait(d.submit(engine, c.pack(c.spin(spin_us))), timeout):
             ctx.stats.note(f"spin {i} of {spin_us} us completed: no hang")
         else:
             ctx.stats.note(f"spin {i}: hang detected, {engine.name} reset")
-        marker = 0x4A_0000 + i
-        if not d.wait(d.submit(engine, c.pack(c.store_dword(d.scratch.gm, marker))), timeout):
-            raise _failed(f"the {engine.name} engine does not work after its reset", "ENGINE_DEAD")
-        if d.env.read_u32(d.scratch.gpa) != marker:
-            raise _failed("the store after the reset did not land", "ENGINE_DEAD")
+        _check_engine(d, engine, 0x4A_0000 + i, timeout)
         ctx.stats.add(iterations=1, verified=1)
+
+
+def _check_engine(d: GuestDriver, engine: Engine, marker: int, timeout: float) -> None:
+    """Store ``marker`` through ``engine`` and read it back; WrongState ``ENGINE_DEAD`` otherwise."""
+    assert d.scratch is not None
+    if not d.wait(d.submit(engine, c.pack(c.store_dword(d.scratch.gm, marker))), timeout):
+        raise _failed(f"the {engine.name} engine does not work after its reset", "ENGINE_DEAD")
+    if d.env.read_u32(d.scratch.gpa) != marker:
+        raise _failed("the store after the reset did not land", "ENGINE_DEAD")
+
+
+def _spin_queue(ctx: WorkloadContext, engine: Engine, spin_us: int, timeout: float, depth: int) -> None:
+    """``hang`` with ``depth`` > 1: keep ``depth`` requests submitted, so the GPU never waits for us.
+
+    Each iteration is one request, ``SPIN`` + a ``STORE_DWORD`` of its marker into its own scratch
+    dword (``i % depth``); the oldest is retired (and its marker checked) before the next is
+    submitted, so while the guest handles one completion the next request is already queued.  A
+    request that hangs is detected as in ``hang`` (the engine is reset, the requests queued
+    behind it are lost and not counted), then a store proves the engine works again.  At the end
+    the requests in flight are waited for; after a stop they are left to the driver's shutdown.
+    """
+    d = ctx.driver
+    scratch = d.scratch
+    assert scratch is not None
+    spin = c.spin(spin_us)
+    inflight: deque[tuple[int, int]] = deque()  # (iteration, seqno), oldest first
+
+    def retire() -> None:
+        i, seqno = inflight.popleft()
+        marker, slot = (0x4A_0000 + i) & 0xFFFF_FFFF, 4 * (i % depth)
+        if d.wait(seqno, timeout):
+            if d.env.read_u32(scratch.gpa + slot) != marker:
+                raise _failed(f"spin {i}: its store did not land", "STORE_MISMATCH")
+            ctx.stats.add(iterations=1, verified=1)
+            return
+        ctx.stats.note(f"spin {i}: hang detected, {engine.name} reset, {len(inflight)} queued lost")
+        inflight.clear()  # lost with the reset
+        _check_engine(d, engine, 0x4A_0000 + i, timeout)
+        ctx.stats.add(iterations=1, verified=1)
+
+    for i in ctx.loop(ctx.params.integer("iterations")):
+        if len(inflight) >= depth:
+            retire()
+        marker = (0x4A_0000 + i) & 0xFFFF_FFFF
+        inflight.append(
+            (i, d.submit(engine, c.pack(spin, c.store_dword(scratch.gm + 4 * (i % depth), marker))))
+        )
+    while inflight and not ctx.stop.is_set():
+        retire()
+    ctx.publish()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +234,11 @@ SPECS: Final[Mapping[Workload, WorkloadSpec]] = {
     ),
     Workload.IDLE: WorkloadSpec(_idle, {}),
     Workload.HANG: WorkloadSpec(
-        _hang, {"spin_us": 10_000_000, "timeout_ms": 1000.0, "iterations": 1, "engine": "rcs"}
+        _hang,
+        {"spin_us": 10_000_000, "timeout_ms": 1000.0, "iterations": 1, "depth": 1, "engine": "rcs"},
     ),
     Workload.HOSTILE: WorkloadSpec(hostile.run_hostile, hostile.DEFAULTS),
+    Workload.LATENCY: WorkloadSpec(latency.run_latency, latency.DEFAULTS),
 }
 
 

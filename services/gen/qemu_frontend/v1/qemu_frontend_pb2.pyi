@@ -45,6 +45,10 @@ class _WorkloadEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumT
     """Submits a workload that never completes."""
     WORKLOAD_HOSTILE: _Workload.ValueType  # 7
     """Tries to escape its partition and DMA outside its mappings."""
+    WORKLOAD_LATENCY: _Workload.ValueType  # 8
+    """Measures doorbell->interrupt and register-read round trips through the fast path
+    (GuestStatus.irq_roundtrip_us, mmio_read_us).
+    """
 
 class Workload(_Workload, metaclass=_WorkloadEnumTypeWrapper):
     """What the built-in guest driver runs."""
@@ -64,6 +68,10 @@ WORKLOAD_HANG: Workload.ValueType  # 6
 """Submits a workload that never completes."""
 WORKLOAD_HOSTILE: Workload.ValueType  # 7
 """Tries to escape its partition and DMA outside its mappings."""
+WORKLOAD_LATENCY: Workload.ValueType  # 8
+"""Measures doorbell->interrupt and register-read round trips through the fast path
+(GuestStatus.irq_roundtrip_us, mmio_read_us).
+"""
 global___Workload = Workload
 
 class _GuestState:
@@ -460,6 +468,8 @@ class GuestStatus(google.protobuf.message.Message):
     RESETS_FIELD_NUMBER: builtins.int
     FIRST_IRQ_LATENCY_US_FIELD_NUMBER: builtins.int
     ERROR_FIELD_NUMBER: builtins.int
+    IRQ_ROUNDTRIP_US_FIELD_NUMBER: builtins.int
+    MMIO_READ_US_FIELD_NUMBER: builtins.int
     state: global___GuestState.ValueType
     workload: global___Workload.ValueType
     commands_submitted: builtins.int
@@ -471,6 +481,16 @@ class GuestStatus(google.protobuf.message.Message):
     first_irq_latency_us: builtins.float
     """Time from the first doorbell to the first interrupt, microseconds."""
     error: builtins.str
+    @property
+    def irq_roundtrip_us(self) -> global___LatencySummary:
+        """WORKLOAD_LATENCY: doorbell (RING_TAIL write) -> interrupt seen by the guest, per empty
+        submission. Unset for other workloads.
+        """
+
+    @property
+    def mmio_read_us(self) -> global___LatencySummary:
+        """WORKLOAD_LATENCY: one BAR0 register read through the trap path. Unset for other workloads."""
+
     def __init__(
         self,
         *,
@@ -484,10 +504,43 @@ class GuestStatus(google.protobuf.message.Message):
         resets: builtins.int = ...,
         first_irq_latency_us: builtins.float = ...,
         error: builtins.str = ...,
+        irq_roundtrip_us: global___LatencySummary | None = ...,
+        mmio_read_us: global___LatencySummary | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["bytes_copied", b"bytes_copied", "commands_submitted", b"commands_submitted", "error", b"error", "first_irq_latency_us", b"first_irq_latency_us", "frames_drawn", b"frames_drawn", "hangs_detected", b"hangs_detected", "interrupts_received", b"interrupts_received", "resets", b"resets", "state", b"state", "workload", b"workload"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["irq_roundtrip_us", b"irq_roundtrip_us", "mmio_read_us", b"mmio_read_us"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["bytes_copied", b"bytes_copied", "commands_submitted", b"commands_submitted", "error", b"error", "first_irq_latency_us", b"first_irq_latency_us", "frames_drawn", b"frames_drawn", "hangs_detected", b"hangs_detected", "interrupts_received", b"interrupts_received", "irq_roundtrip_us", b"irq_roundtrip_us", "mmio_read_us", b"mmio_read_us", "resets", b"resets", "state", b"state", "workload", b"workload"]) -> None: ...
 
 global___GuestStatus = GuestStatus
+
+@typing.final
+class LatencySummary(google.protobuf.message.Message):
+    """Percentiles (nearest rank) of per-operation latencies measured inside the guest, microseconds."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: builtins.int
+    P50_FIELD_NUMBER: builtins.int
+    P90_FIELD_NUMBER: builtins.int
+    P99_FIELD_NUMBER: builtins.int
+    MAX_FIELD_NUMBER: builtins.int
+    count: builtins.int
+    """Samples."""
+    p50: builtins.float
+    p90: builtins.float
+    p99: builtins.float
+    max: builtins.float
+    def __init__(
+        self,
+        *,
+        count: builtins.int = ...,
+        p50: builtins.float = ...,
+        p90: builtins.float = ...,
+        p99: builtins.float = ...,
+        max: builtins.float = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["count", b"count", "max", b"max", "p50", b"p50", "p90", b"p90", "p99", b"p99"]) -> None: ...
+
+global___LatencySummary = LatencySummary
 
 @typing.final
 class GetGuestStatusResponse(google.protobuf.message.Message):
