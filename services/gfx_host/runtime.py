@@ -42,7 +42,6 @@ from vgpusim.common.errors import TimedOut, VgpusimError
 from vgpusim.common.fastpath import OP_READ, AdaptiveSpin, HostPort, Trap, status_of
 from vgpusim.common.logs import get_logger
 from vgpusim.common.shm.errors import PeerGone
-from vgpusim.gfx_host.core import registers as r
 from vgpusim.gfx_host.core.engine.audit import CommandAuditor
 from vgpusim.gfx_host.core.engine.runner import EngineRunner, MonotonicClock
 from vgpusim.gfx_host.core.engine.workload import Completion, CompletionStatus, RingState
@@ -328,26 +327,12 @@ class DeviceRuntime:
     # ---- completions (GPU thread, parent lock held) ------------------------------------------
 
     def on_complete(self, completion: Completion) -> None:
-        regs = self.vgpu.regs
-        engine = Engine(completion.engine)
         self.workloads += 1
         self.busy_us += completion.busy_us
         if completion.status is not CompletionStatus.COMPLETED:
             self.hangs += 1
-            regs.set_hung(engine)
-            self.submitted.pop(engine, None)
-            return
-        regs.set_head(engine, completion.ring_head)
-        msi = False
-        for offset, value in completion.register_writes:
-            msi |= regs.write(offset, 4, value).irq
-        for flip in completion.flips:
-            msi |= regs.write(r.PLANE_BASE_LO, 8, flip.base).irq
-        if completion.seqno is not None:
-            regs.set_seqno(engine, completion.seqno)
-        if completion.interrupts:
-            msi |= regs.raise_events(r.int_complete(engine))
-        if msi:
+            self.submitted.pop(Engine(completion.engine), None)
+        if self.vgpu.regs.apply_completion(completion):
             self.raise_msi()
 
     def raise_msi(self) -> None:

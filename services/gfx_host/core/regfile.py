@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vgpusim.gfx_host.core import registers as r
+from vgpusim.gfx_host.core.engine.workload import Completion, CompletionStatus
 from vgpusim.gfx_host.core.registers import (
     NO_EFFECT,
     Engine,
@@ -257,6 +258,29 @@ class RegisterFile:
     def set_head(self, engine: Engine, head: int) -> None:
         """The GPU consumed the ring up to byte offset ``head``."""
         self._regs[r.ring_reg(engine, r.RING_HEAD)] = head & _RING_WMASK[r.RING_HEAD]
+
+    def apply_completion(self, completion: Completion) -> bool:
+        """Reflect a finished workload in the registers; True when an MSI must be sent.
+
+        A completed workload moves RING_HEAD, applies its LRI register writes and display flips,
+        stores its seqno and, with USER_INTERRUPT, latches the engine's completion event. A hung or
+        faulted one only marks the engine hung (no interrupt: the guest finds out by timeout).
+        """
+        engine = Engine(completion.engine)
+        if completion.status is not CompletionStatus.COMPLETED:
+            self.set_hung(engine)
+            return False
+        self.set_head(engine, completion.ring_head)
+        msi = False
+        for offset, value in completion.register_writes:
+            msi |= self.write(offset, 4, value).irq
+        for flip in completion.flips:
+            msi |= self.write(r.PLANE_BASE_LO, 8, flip.base).irq
+        if completion.seqno is not None:
+            self.set_seqno(engine, completion.seqno)
+        if completion.interrupts:
+            msi |= self.raise_events(r.int_complete(engine))
+        return msi
 
     def set_seqno(self, engine: Engine, seqno: int) -> None:
         """The GPU stored ``seqno`` (STORE_SEQNO) for ``engine``; no interrupt by itself."""

@@ -261,24 +261,10 @@ class SimulatedVgpu:
         self.submitted[engine] = ring.tail
 
     def _on_complete(self, vgpu_id: int, completion: Completion) -> None:
-        regs = self.vgpu.regs
-        engine = Engine(completion.engine)
         self.completions.append(completion)
         if completion.status is not CompletionStatus.COMPLETED:
-            regs.set_hung(engine)
-            self.submitted.pop(engine, None)
-            return
-        regs.set_head(engine, completion.ring_head)
-        irq = False
-        for offset, value in completion.register_writes:
-            irq |= regs.write(offset, 4, value).irq
-        for flip in completion.flips:
-            irq |= regs.write(r.PLANE_BASE_LO, 8, flip.base).irq
-        if completion.seqno is not None:
-            regs.set_seqno(engine, completion.seqno)
-        if completion.interrupts:
-            irq |= regs.raise_events(r.int_complete(engine))
-        if irq:
+            self.submitted.pop(Engine(completion.engine), None)
+        if self.vgpu.regs.apply_completion(completion):  # as gfx_host's runtime does
             self._raise_irq()
 
     def _raise_irq(self) -> None:
