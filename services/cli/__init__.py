@@ -1,1 +1,1 @@
-"""TODO docstring."""
+"""vgpusim.cli: the ``vgpusim`` launcher (up/down/status/demo/bench/sysfs-exec) and ``vgpuctl``."""

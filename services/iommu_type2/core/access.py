@@ -31,7 +31,8 @@ class DeviceCalls:
     _dma: DmaAccess
 
     def _check_alive(self) -> None:
-        raise NotImplementedError
+        """Raise if the container was destroyed; the container class that mixes this in defines it."""
+        raise NotImplementedError  # a mixin method: an unbound use is a programming error
 
     def pin_pages(self, device: str, iova: int, npage: int, prot: Prot) -> tuple[HostRun, ...]:
         """``vfio_pin_pages``: pin ``npage`` contiguous pages from ``iova`` for ``device``.
