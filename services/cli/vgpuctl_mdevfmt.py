@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vgpusim.cli.vgpuctl_output import dump_json
+from vgpusim.cli.vgpuctl_output import dump_json, error_from_os
 from vgpusim.client import bus_pb
-from vgpusim.common.errors import InvalidArgument, NotFound, PermissionDenied, VgpusimError
+from vgpusim.common.errors import InvalidArgument
 
 __all__ = [
     "Config",
@@ -98,14 +98,7 @@ def read_config(path: str, what: str) -> Config:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
     except OSError as exc:
-        cls: type[VgpusimError] = VgpusimError
-        if isinstance(exc, FileNotFoundError):
-            cls = NotFound
-        elif isinstance(exc, PermissionError):
-            cls = PermissionDenied
-        raise cls(
-            f"{what} {json.dumps(path)}: {exc.strerror or exc}", reason="JSONFILE_UNREADABLE", errno=exc.errno
-        ) from None
+        raise error_from_os(exc, f"{what} {json.dumps(path)}", "JSONFILE_UNREADABLE") from None
     return parse_config(text)
 
 

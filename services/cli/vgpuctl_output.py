@@ -90,6 +90,16 @@ def exit_code_for(error: errors.VgpusimError) -> int:
     return EXIT_GENERIC
 
 
+def error_from_os(exc: OSError, message: str, reason: str) -> errors.VgpusimError:
+    """The domain error for a local file problem (NotFound, PermissionDenied, else generic)."""
+    cls: type[errors.VgpusimError] = errors.VgpusimError
+    if isinstance(exc, FileNotFoundError):
+        cls = errors.NotFound
+    elif isinstance(exc, PermissionError):
+        cls = errors.PermissionDenied
+    return cls(f"{message}: {exc.strerror or exc}", reason=reason, errno=exc.errno)
+
+
 def report_error(
     error: errors.VgpusimError,
     *,

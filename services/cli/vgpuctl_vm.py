@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vgpusim.cli.vgpuctl_output import dump_json, enum_label, message_to_json, table
+from vgpusim.cli.vgpuctl_output import dump_json, enum_label, error_from_os, message_to_json, table
 from vgpusim.client import GUEST_DONE, Stack, frontend_pb
-from vgpusim.common.errors import NotFound, PermissionDenied, VgpusimError
+from vgpusim.common.errors import VgpusimError
 
 __all__ = ["WORKLOADS", "add_parsers", "size_arg"]
 
@@ -190,14 +190,7 @@ async def cmd_screenshot(stack: Stack, args: argparse.Namespace) -> int:
     try:
         await asyncio.to_thread(Path(target).write_bytes, shot.png)
     except OSError as exc:
-        cls: type[VgpusimError] = VgpusimError
-        if isinstance(exc, FileNotFoundError):
-            cls = NotFound
-        elif isinstance(exc, PermissionError):
-            cls = PermissionDenied
-        raise cls(
-            f"cannot write {target}: {exc.strerror or exc}", reason="OUTPUT_UNWRITABLE", errno=exc.errno
-        ) from None
+        raise error_from_os(exc, f"cannot write {target}", "OUTPUT_UNWRITABLE") from None
     if args.json:
         _write(
             dump_json({"file": target, "width": shot.width, "height": shot.height, "bytes": len(shot.png)})

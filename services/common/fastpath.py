@@ -183,7 +183,7 @@ class GuestPort:
         self.irqs = end.receiver("irq")
         self.irq_lock = threading.Lock()
         # the eventfd gfx_host signals after an irq put while the consumer-waiting flag is set
-        self._irq_signal: Notifier = self.irqs._data
+        self._irq_signal: Notifier = self.irqs.data_notifier
         self._spin_us = spin_us
         self._reply_spin = AdaptiveSpin(REPLY_SPIN_US) if spin_us is None else None
         self._lock = threading.Lock()

@@ -20,7 +20,6 @@ Glossary:
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Protocol
 from vgpusim.common.errors import VgpusimError, WrongState
 from vgpusim.common.logs import get_logger
 from vgpusim.qemu_frontend.guest.env import GuestEnv
-from vgpusim.qemu_frontend.guest.stats import LatencySummary
+from vgpusim.qemu_frontend.guest.stats import GuestState, LatencySummary, Workload, WorkloadStats
 
 __all__ = [
     "GuestLauncher",
@@ -42,28 +41,6 @@ __all__ = [
 ]
 
 _log = get_logger("vgpusim.qemu_frontend.vcpu")
-
-
-class Workload(enum.Enum):
-    """What the built-in guest driver runs (the proto's ``Workload`` without UNSPECIFIED)."""
-
-    SMOKE = "smoke"
-    RENDER = "render"
-    COPY = "copy"
-    COMPUTE = "compute"
-    IDLE = "idle"
-    HANG = "hang"
-    HOSTILE = "hostile"
-    LATENCY = "latency"
-
-
-class GuestState(enum.Enum):
-    """The guest driver's state as GetGuestStatus reports it."""
-
-    STOPPED = "stopped"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +82,6 @@ class _BuiltinProgram:
     """:func:`vgpusim.qemu_frontend.guest.workloads.run_workload` as a :class:`GuestProgram`."""
 
     def __init__(self, env: GuestEnv, workload: Workload, params: Mapping[str, str]) -> None:
-        from vgpusim.qemu_frontend.guest.stats import WorkloadStats
-
         self._env = env
         self._workload = workload
         self._params = dict(params)
@@ -114,12 +89,11 @@ class _BuiltinProgram:
 
     def run(self, stop: threading.Event) -> None:
         from vgpusim.qemu_frontend.guest import workloads
-        from vgpusim.qemu_frontend.guest.stats import GuestState as RunState
 
         final = workloads.run_workload(
             self._workload.value, self._env, self._params, stop=stop, stats=self.stats
         )
-        if final.state is RunState.FAILED:
+        if final.state is GuestState.FAILED:
             raise WrongState(final.error or "the guest workload failed", reason="GUEST_FAILED")
 
 

@@ -58,6 +58,11 @@ class _Endpoint:
         self.peer: PeerWatch | None = None
 
     @property
+    def data_notifier(self) -> Notifier:
+        """The eventfd signalled when items arrive (for a waiter that polls it with other fds)."""
+        return self._data
+
+    @property
     def ring(self) -> Ring:
         """The underlying ring (for ``statistics``-style reads; do not put/get around the endpoint)."""
         return self._ring
